@@ -1,0 +1,3 @@
+from synthct.cli import main
+
+raise SystemExit(main())
