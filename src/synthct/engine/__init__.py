@@ -1,0 +1,53 @@
+"""Training engine: loop, checkpoints, precision, data parallelism, logging.
+
+Presets: ``--config NAME`` looks for ``NAME.yaml`` in the package's ``synthct/configs/`` (when
+the presets are packaged there) and then in the repository's ``configs/`` folder; anything that
+is an existing file is read as a YAML config. Importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from pathlib import Path
+
+from synthct.config import RunConfig, load_config
+from synthct.errors import SynthctError
+
+REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+
+def _preset_folders() -> list[Path]:
+    folders = []
+    try:
+        packaged = importlib.resources.files("synthct") / "configs"
+        if packaged.is_dir():
+            folders.append(Path(str(packaged)))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    if REPO_CONFIGS.is_dir():
+        folders.append(REPO_CONFIGS)
+    return folders
+
+
+def preset_names() -> list[str]:
+    return sorted({p.stem for folder in _preset_folders() for p in folder.glob("*.yaml")})
+
+
+def resolve_config(ref: str | Path) -> Path:
+    """A config file path, or a preset name (default, fast_cpu, pix2pix, tiny, ...)."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    name = str(ref)[:-5] if str(ref).endswith(".yaml") else str(ref)
+    if re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+        for folder in _preset_folders():
+            if (folder / f"{name}.yaml").is_file():
+                return folder / f"{name}.yaml"
+        known = ", ".join(preset_names()) or "none found"
+        raise SynthctError(f"no such config file or preset (presets: {known})", ref)
+    raise SynthctError("config file not found", ref)
+
+
+def load_run_config(ref: str | Path) -> RunConfig:
+    return load_config(resolve_config(ref))

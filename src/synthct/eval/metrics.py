@@ -54,6 +54,13 @@ def _as_volumes(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray):
     return pred, ref, mask
 
 
+def _psnr(ref: np.ndarray, pred: np.ndarray, data_range: float) -> float:
+    """skimage's PSNR; +inf for identical inputs (without skimage's divide-by-zero warning)."""
+    if np.array_equal(ref, pred):
+        return float("inf")
+    return float(peak_signal_noise_ratio(ref, pred, data_range=data_range))
+
+
 def _ssim_map(
     ref: np.ndarray, pred: np.ndarray, data_range: float, slice_by_slice: bool = False
 ) -> tuple[np.ndarray, bool]:
@@ -89,7 +96,7 @@ def hu_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> dict[str,
     low, high = HU_RANGE
     ref_clipped = np.clip(ref, low, high)
     pred_clipped = np.clip(pred, low, high)
-    psnr = float(peak_signal_noise_ratio(ref_clipped[mask], pred_clipped[mask], data_range=HU_DATA_RANGE))
+    psnr = _psnr(ref_clipped[mask], pred_clipped[mask], HU_DATA_RANGE)
 
     ref_ssim = np.where(mask, ref_clipped, low) - low
     pred_ssim = np.where(mask, pred_clipped, low) - low
@@ -113,10 +120,10 @@ def eight_bit_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> di
     ssim_map, _ = _ssim_map(ref, pred, EIGHT_BIT_RANGE, slice_by_slice=True)
     return {
         "mae": float(np.abs(error).mean()),
-        "psnr": float(peak_signal_noise_ratio(ref, pred, data_range=EIGHT_BIT_RANGE)),
+        "psnr": _psnr(ref, pred, EIGHT_BIT_RANGE),
         "ssim": float(_crop_border(ssim_map, with_z=False).mean(dtype=np.float64)),
         "head_mae": float(np.abs(error[mask]).mean()),
-        "head_psnr": float(peak_signal_noise_ratio(ref[mask], pred[mask], data_range=EIGHT_BIT_RANGE)),
+        "head_psnr": _psnr(ref[mask], pred[mask], EIGHT_BIT_RANGE),
         "head_ssim": float(ssim_map[mask].mean(dtype=np.float64)),
         "head_me": float(np.median(error[mask])),
     }

@@ -1,0 +1,51 @@
+"""Networks and objectives. Every model (CycleGAN, Pix2Pix, CUT) offers the interface the
+training engine uses: generator_parameters(), discriminator_parameters(), generator_loss(batch),
+discriminator_loss(batch, cache), generators(), samples(cache, batch), pools_state_dict() and
+load_pools_state_dict(state). Batches are {"mr": (N, C, H, W), "ct": (N, C, H, W)} in [-1, 1]."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from synthct.config import ModelConfig
+from synthct.errors import SynthctError
+from synthct.models.common import init_weights, set_requires_grad
+from synthct.models.cut import CUT
+from synthct.models.cyclegan import CycleGAN
+from synthct.models.discriminator import PatchDiscriminator, receptive_field
+from synthct.models.generators import ResnetGenerator, UnetGenerator
+from synthct.models.losses import GAN_MODES, GANLoss, MINDLoss, NGFLoss, PatchNCELoss
+from synthct.models.pix2pix import Pix2Pix
+from synthct.models.pool import ImagePool
+
+MODELS = {"cyclegan": CycleGAN, "pix2pix": Pix2Pix, "cut": CUT}
+
+
+def _check_choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise SynthctError(f"model.{key}: unknown value '{value}' (choose {', '.join(choices)})")
+
+
+def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+    """The model named by ``cfg.name``; in/out channels are the MR and CT channel counts (k for
+    2.5D). Configuration mistakes become SynthctError."""
+    _check_choice("name", cfg.name, tuple(MODELS))
+    _check_choice("generator", cfg.generator, ("resnet", "unet"))
+    _check_choice("gan_mode", cfg.gan_mode, GAN_MODES)
+    _check_choice("struct_loss", cfg.struct_loss, ("mind", "ngf"))
+    for key in ("ngf", "ndf", "blocks", "d_layers"):
+        if getattr(cfg, key) < 1:
+            raise SynthctError(f"model.{key}: must be at least 1, got {getattr(cfg, key)}")
+    if cfg.pool_size < 0:
+        raise SynthctError(f"model.pool_size: must be 0 (off) or more, got {cfg.pool_size}")
+    try:
+        return MODELS[cfg.name](cfg, in_channels, out_channels)
+    except ValueError as exc:
+        raise SynthctError(f"model: {exc}") from None
+
+
+__all__ = [
+    "CUT", "CycleGAN", "GANLoss", "ImagePool", "MINDLoss", "NGFLoss", "PatchDiscriminator",
+    "PatchNCELoss", "Pix2Pix", "ResnetGenerator", "UnetGenerator", "build_model", "init_weights",
+    "receptive_field", "set_requires_grad",
+]

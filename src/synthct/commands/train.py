@@ -1,0 +1,116 @@
+"""synthct train: train a CycleGAN (or pix2pix / CUT) on MR and CT folders into a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "train an MR<->CT translation model (CycleGAN by default) into a run folder"
+
+# Direct flags: (argparse dest, config section, config key).
+DIRECT_FLAGS = (
+    ("size", "data", "size"), ("slices", "data", "slices"),
+    ("model", "model", "name"), ("ngf", "model", "ngf"), ("ndf", "model", "ndf"), ("blocks", "model", "blocks"),
+    ("batch_size", "train", "batch_size"), ("epochs", "train", "epochs"), ("steps", "train", "steps"),
+    ("lr", "train", "lr"), ("precision", "train", "precision"), ("device", "train", "device"),
+    ("seed", "train", "seed"), ("minutes", "train", "max_minutes"),
+)
+
+
+def add_arguments(parser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--mr", metavar="DIR", help="folder (or file) of MR images/volumes")
+    data.add_argument("--ct", metavar="DIR", help="folder (or file) of CT images/volumes")
+    data.add_argument("--data", metavar="ROOT",
+                      help="data root: CycleGAN layout (trainA/, trainB/) or SynthRAD (<case>/mr, ct, mask)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", metavar="RUN_DIR", help="run folder for checkpoints, logs, samples, generators")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+    run.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    run.add_argument("--config", default=None, metavar="FILE|PRESET",
+                     help="YAML config or preset name (default, fast_cpu, pix2pix, tiny); default: default, "
+                          "or the run's own config.yaml with --resume")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set model.lambda_identity=0 (repeatable)")
+    flags = parser.add_argument_group("common settings (override --config and --set)")
+    flags.add_argument("--size", type=int, help="training slice size in pixels")
+    flags.add_argument("--slices", type=int, help="2.5D: number of neighbouring slices as channels (odd)")
+    flags.add_argument("--model", choices=("cyclegan", "pix2pix", "cut"))
+    flags.add_argument("--ngf", type=int, help="generator base width")
+    flags.add_argument("--ndf", type=int, help="discriminator base width")
+    flags.add_argument("--blocks", type=int, help="residual blocks of the ResNet generator")
+    flags.add_argument("--batch-size", type=int)
+    length = flags.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int)
+    length.add_argument("--steps", type=int, help="total optimisation steps (instead of --epochs)")
+    flags.add_argument("--lr", type=float, help="initial learning rate (Adam)")
+    flags.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    flags.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    flags.add_argument("--seed", type=int)
+    flags.add_argument("--minutes", type=float, help="wall-clock budget; stops cleanly with a checkpoint")
+    flags.add_argument("--compile", action="store_true", default=None, help="torch.compile the networks")
+
+
+def build_config(args):
+    """preset/config < --set < direct flags; with --resume the run's config.yaml is the base."""
+    from synthct.config import apply_overrides, config_to_dict, config_from_dict, load_config
+    from synthct.engine import load_run_config
+
+    if args.config is not None:
+        cfg = load_run_config(args.config)
+    elif args.resume:
+        cfg = load_config(Path(args.resume) / "config.yaml")
+    else:
+        cfg = load_run_config("default")
+    cfg = apply_overrides(cfg, args.overrides)
+    data = config_to_dict(cfg)
+    for dest, section, key in DIRECT_FLAGS:
+        value = getattr(args, dest)
+        if value is not None:
+            data[section][key] = value
+    if args.epochs is not None:
+        data["train"]["steps"] = None
+    if args.compile:
+        data["train"]["compile"] = True
+    if args.mr or args.ct:
+        data["data"].update(mr=args.mr, ct=args.ct, root=None)
+    elif args.data:
+        data["data"].update(root=args.data, mr=None, ct=None)
+    return config_from_dict(data)
+
+
+def _check_inputs(args) -> None:
+    from synthct.errors import SynthctError
+
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise SynthctError("--resume continues a run in its own folder; leave out --out or give the same folder")
+    if not (args.out or args.resume):
+        raise SynthctError("say where the run goes: --out RUN_DIR (or --resume RUN_DIR)")
+    if args.resume and args.overwrite:
+        raise SynthctError("--resume and --overwrite contradict each other")
+    if args.data and (args.mr or args.ct):
+        raise SynthctError("give either --data ROOT or --mr DIR --ct DIR, not both")
+    if bool(args.mr) != bool(args.ct):
+        raise SynthctError("--mr and --ct go together (or use --data ROOT)")
+    for path in (args.mr, args.ct, args.data):
+        if path and not Path(path).exists():
+            raise SynthctError("not found", path)
+    if args.resume:
+        if not Path(args.resume).is_dir():
+            raise SynthctError("run folder not found", args.resume)
+        if not (Path(args.resume) / "config.yaml").is_file():
+            raise SynthctError("not a synthct run folder (no config.yaml)", args.resume)
+
+
+def run(args) -> int:
+    _check_inputs(args)
+    cfg = build_config(args)
+    if not (cfg.data.root or cfg.data.mr):
+        from synthct.errors import SynthctError
+
+        raise SynthctError("no training data: give --mr DIR --ct DIR or --data ROOT")
+
+    from synthct.engine.trainer import train
+
+    run_dir = Path(args.resume or args.out)
+    result = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+    return result.exit_code

@@ -1,0 +1,82 @@
+"""Choose the compute precision from the hardware: bf16 autocast where the chip does bf16 fast,
+fp32 elsewhere; fp16 (CUDA only) always comes with a GradScaler."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from synthct.errors import SynthctError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_bf16_support() -> str | None:
+    """Name of the CPU feature that makes bf16 fast (AMX-BF16 or AVX512-BF16), or None.
+
+    torch 2.13 reports CPU features through ``torch._C._cpu._get_cpu_capability()``; without
+    one of these instructions bf16 is emulated and slower than fp32.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        caps = torch._C._cpu._get_cpu_capability()
+    except AttributeError:
+        return None
+    if caps.get("amx_bf16"):
+        return "AMX-BF16"
+    if caps.get("avx512_bf16"):
+        return "AVX512-BF16"
+    return None
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # fp32 | bf16 | fp16
+    device_type: str  # cpu | cuda
+    reason: str  # said at start-up
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.name == "fp16"
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    if requested not in PRECISIONS:
+        raise SynthctError(f"unknown precision '{requested}' (use {', '.join(PRECISIONS)})")
+    kind = device.type
+    if requested == "fp16" and kind != "cuda":
+        raise SynthctError("fp16 needs a CUDA GPU; use --precision bf16 or fp32 on CPU")
+    if requested != "auto":
+        return Precision(requested, kind, "requested")
+    if kind == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision("bf16", kind, "GPU supports bf16")
+        return Precision("fp32", kind, "GPU has no fast bf16")
+    feature = cpu_bf16_support()
+    if feature:
+        return Precision("bf16", kind, f"CPU has {feature}")
+    return Precision("fp32", kind, "CPU has no fast bf16 (needs AMX or AVX512-BF16)")
+
+
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise SynthctError("--device cuda requested but no CUDA GPU is available to torch")
+        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    raise SynthctError(f"unknown device '{requested}' (use auto, cpu or cuda)")

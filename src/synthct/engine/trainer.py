@@ -1,0 +1,475 @@
+"""The training loop: device, precision, optimisers and schedule, data-parallel gradients,
+logging, samples, checkpoints, and clean stops (budget, Ctrl-C / SIGTERM, NaN).
+
+The model object owns the networks and the objective (``generator_loss``,
+``discriminator_loss``); this module only knows how to optimise it. :class:`Trainer` is one
+optimisation step at a time (benchmarks time ``Trainer.step``); :func:`train` is the whole run
+on a run folder.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from synthct.config import RunConfig, config_to_dict, save_config
+from synthct.engine import distributed as ddp
+from synthct.engine.checkpoint import (generator_architecture, has_state, load_state, save_generator,
+                                       save_state)
+from synthct.engine.logging import RunLogger, plot_loss_curves, read_log, save_sample_grid
+from synthct.engine.precision import Precision, resolve_device, resolve_precision
+from synthct.errors import SynthctError
+
+NAN_POLICIES = ("stop", "skip")
+RUN_ARTIFACTS = ("config.yaml", "log.csv", "loss_curves.png", "checkpoints", "samples", "tensorboard",
+                 "generator_mr2ct.safetensors", "generator_mr2ct.json",
+                 "generator_ct2mr.safetensors", "generator_ct2mr.json")
+
+
+class NonFiniteLoss(SynthctError):
+    """A loss became NaN or infinite and ``train.nan_policy`` is "stop"."""
+
+
+def lr_factor(step: int, total_steps: int, decay_start: float) -> float:
+    """Constant learning rate, then linear decay to 0 over the last (1 - decay_start) of training
+    (Zhu et al. 2017: 100 epochs constant + 100 epochs decay is decay_start = 0.5)."""
+    start = int(decay_start * total_steps)
+    if step < start:
+        return 1.0
+    return max(0.0, 1.0 - (step - start) / max(1, total_steps - start))
+
+
+@dataclass
+class StepOutput:
+    losses: dict[str, float]
+    skipped: bool
+    cache: dict | None = None
+
+
+def _capture_rng() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"].to(torch.uint8))
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in state["cuda"]])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Optimises a synthct model: Adam(lr, (beta1, beta2)) for the generators and for the
+    discriminators, each with a constant-then-linear-decay LambdaLR over ``total_steps``."""
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int, device: torch.device,
+                 precision: Precision, env: ddp.DistEnv | None = None):
+        if cfg.train.nan_policy not in NAN_POLICIES:
+            raise SynthctError(f"unknown train.nan_policy '{cfg.train.nan_policy}' (use stop or skip)")
+        self.cfg = cfg
+        self.device = device
+        self.precision = precision
+        self.env = env or ddp.DistEnv()
+        self.total_steps = total_steps
+        self.step_index = 0  # optimisation steps taken (skipped ones included)
+        self.skipped_steps = 0
+        self.model = model.to(device=device, memory_format=torch.channels_last)
+        ddp.broadcast_module(self.model, self.env)
+        self.g_params = [p for p in model.generator_parameters()]
+        self.d_params = [p for p in model.discriminator_parameters()]
+        betas = (cfg.train.beta1, cfg.train.beta2)
+        self.opt_g = torch.optim.Adam(self.g_params, lr=cfg.train.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.d_params, lr=cfg.train.lr, betas=betas) if self.d_params else None
+        schedule = lambda step: lr_factor(step, total_steps, cfg.train.decay_start)  # noqa: E731
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, schedule)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, schedule) if self.opt_d else None
+        self.scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
+        if cfg.train.compile:
+            # In-place compile keeps parameter names, so checkpoints stay compatible.
+            for child in model.children():
+                if any(True for _ in child.parameters()):
+                    child.compile()
+        self.model.train()
+
+    @property
+    def lr(self) -> float:
+        return self.opt_g.param_groups[0]["lr"]
+
+    def _to_device(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {name: torch.as_tensor(x).to(self.device, non_blocking=True).contiguous(
+            memory_format=torch.channels_last) for name, x in batch.items()}
+
+    def _check_finite(self, loss: torch.Tensor, what: str) -> bool:
+        finite = ddp.all_true(bool(torch.isfinite(loss.detach()).item()), self.env, self.device)
+        if finite:
+            return True
+        if self.cfg.train.nan_policy == "stop":
+            raise NonFiniteLoss(f"{what} loss became NaN/inf at step {self.step_index + 1}; training "
+                                "stopped, the last good checkpoint is kept (train.nan_policy=skip skips "
+                                "such steps; a lower --lr or --precision fp32 may help)")
+        return False
+
+    def _skip(self) -> StepOutput:
+        self.opt_g.zero_grad(set_to_none=True)
+        if self.opt_d:
+            self.opt_d.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self._advance()
+        return StepOutput({}, skipped=True)
+
+    def _advance(self) -> None:
+        self.step_index += 1
+        self.sched_g.step()
+        if self.sched_d:
+            self.sched_d.step()
+
+    def _backward(self, loss: torch.Tensor, params: list[nn.Parameter]) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        ddp.average_gradients(params, self.env)
+
+    def _update(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler:
+            self.scaler.step(optimizer)
+        else:
+            optimizer.step()
+
+    def step(self, batch: dict) -> StepOutput:
+        """One step: L_G -> backward -> L_D -> backward -> Adam on G, Adam on D.
+
+        L_D only sees detached fakes, so computing it before G's update gives the same result
+        as the reference order and lets a NaN in either loss skip the whole step."""
+        batch = self._to_device(batch)
+        self.opt_g.zero_grad(set_to_none=True)
+        with self.precision.autocast():
+            loss_g, terms, cache = self.model.generator_loss(batch)
+        if not self._check_finite(loss_g, "generator"):
+            return self._skip()
+        self._backward(loss_g, self.g_params)
+        if self.opt_d:
+            self.opt_d.zero_grad(set_to_none=True)
+            with self.precision.autocast():
+                loss_d, terms_d = self.model.discriminator_loss(batch, cache)
+            if not self._check_finite(loss_d, "discriminator"):
+                return self._skip()
+            self._backward(loss_d, self.d_params)
+            terms = {**terms, **terms_d}
+        self._update(self.opt_g)
+        if self.opt_d:
+            self._update(self.opt_d)
+        if self.scaler:
+            self.scaler.update()
+        self._advance()
+        names = list(terms)
+        values = torch.stack([terms[n].detach().float().reshape(()) for n in names]).tolist() if names else []
+        return StepOutput(dict(zip(names, values)), skipped=False, cache=cache | {"batch": batch})
+
+    def state_dict(self) -> dict:
+        state = {
+            "step": self.step_index,
+            "skipped_steps": self.skipped_steps,
+            "model": dict(self.model.state_dict()),
+            "opt_g": self.opt_g.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "rng": _capture_rng(),
+        }
+        if self.opt_d:
+            state["opt_d"] = self.opt_d.state_dict()
+            state["sched_d"] = self.sched_d.state_dict()
+        if hasattr(self.model, "pools_state_dict"):
+            state["pools"] = self.model.pools_state_dict()
+        if self.scaler:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"], strict=True)
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.sched_g.load_state_dict(state["sched_g"])
+            if self.opt_d:
+                self.opt_d.load_state_dict(state["opt_d"])
+                self.sched_d.load_state_dict(state["sched_d"])
+            if "pools" in state and hasattr(self.model, "load_pools_state_dict"):
+                self.model.load_pools_state_dict(state["pools"])
+            if self.scaler and "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise SynthctError(f"checkpoint does not match this model/config ({str(exc).splitlines()[0]})") from None
+        self.step_index = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        _restore_rng(state["rng"])
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int  # optimisation steps done in total (including earlier runs when resumed)
+    total_steps: int
+    epoch: int
+    stopped: str  # done | budget | signal
+    signal: int | None = None  # SIGINT / SIGTERM that stopped the run
+    losses: dict[str, float] = field(default_factory=dict)  # last logged values
+    skipped_steps: int = 0
+    precision: str = "fp32"
+    device: str = "cpu"
+    generators: dict[str, Path] = field(default_factory=dict)
+    model: nn.Module | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal if self.signal else 0
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM set a flag so the loop finishes its step and saves; a second one aborts."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder: resuming needs a run, a new run needs an empty
+    one (or ``overwrite``, which removes the previous run's files, and only those)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SynthctError("run folder exists and is not a folder", run_dir)
+    has_run = run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_ARTIFACTS)
+    if resume:
+        if not has_state(run_dir / "checkpoints"):
+            raise SynthctError("nothing to resume: no checkpoints/state.json in this folder", run_dir)
+        return
+    if has_run:
+        if not overwrite:
+            raise SynthctError("already holds a training run; use --resume to continue it or "
+                               "--overwrite to start again", run_dir)
+        for name in RUN_ARTIFACTS:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled item order of one epoch; a pure function of (seed, epoch) so a resumed run
+    continues mid-epoch exactly where it stopped."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def collate(dataset, indices: list[int]) -> dict[str, torch.Tensor]:
+    items = [dataset[i] for i in indices]
+    return {name: torch.stack([torch.as_tensor(item[name]) for item in items]) for name in items[0]}
+
+
+def _build_model(cfg: RunConfig, channels: int) -> nn.Module:
+    from synthct.models import build_model
+
+    try:
+        return build_model(cfg.model, in_channels=channels, out_channels=channels)
+    except ValueError as exc:
+        raise SynthctError(f"cannot build model: {exc}") from None
+
+
+def _load_data(cfg: RunConfig, run_dir: Path):
+    from synthct.data.layouts import collect_sources
+    from synthct.data.slices import SliceDataset
+
+    sources = collect_sources(cfg.data, split="train")
+    paired = cfg.model.name == "pix2pix" or cfg.data.paired
+    if cfg.model.name == "pix2pix" and not sources.paired:
+        raise SynthctError("pix2pix needs paired, co-registered MR/CT: use a SynthRAD layout "
+                           "(<case>/mr.nii.gz + ct.nii.gz) or --set data.paired=true with matching "
+                           "MR and CT folders")
+    cache_dir = run_dir / "cache" if cfg.data.cache == "mmap" else None
+    dataset = SliceDataset(sources, cfg.data, paired=paired, seed=cfg.train.seed, cache_dir=cache_dir)
+    if len(dataset) == 0:
+        raise SynthctError("no usable training slices (all below data.min_body_fraction?)",
+                           cfg.data.root or cfg.data.mr)
+    return dataset
+
+
+def generator_meta(cfg: RunConfig, module: nn.Module, direction: str, dataset, step: int, epoch: int) -> dict:
+    source, target = direction.split("2")
+    mappings = dataset.mappings
+    return {
+        "direction": direction, "source": source, "target": target, "model": cfg.model.name,
+        "architecture": generator_architecture(module, cfg.model.generator, cfg.data.slices,
+                                               cfg.model.ngf, cfg.model.blocks),
+        "slices": cfg.data.slices, "size": cfg.data.size, "axis": cfg.data.axis, "resize": cfg.data.resize,
+        "intensity_mode": dataset.intensity_mode,
+        "input_mapping": mappings[source], "output_mapping": mappings[target],
+        "step": step, "epoch": epoch, "config": config_to_dict(cfg),
+    }
+
+
+def export_generators(model: nn.Module, cfg: RunConfig, run_dir: Path, dataset, step: int,
+                      epoch: int) -> dict[str, Path]:
+    paths = {}
+    for direction, module in model.generators().items():
+        meta = generator_meta(cfg, module, direction, dataset, step, epoch)
+        paths[direction] = save_generator(module, run_dir / f"generator_{direction}", meta)
+    return paths
+
+
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume``); see module docstring."""
+    run_dir = Path(run_dir)
+    env = ddp.detect_env()
+    device = resolve_device(cfg.train.device, env.local_rank)
+    ddp.init(env, device)
+    try:
+        return _train(cfg, run_dir, resume, overwrite, quiet, env, device)
+    finally:
+        ddp.shutdown(env)
+
+
+def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
+    started = time.monotonic()
+    if env.is_main:
+        prepare_run_dir(run_dir, resume, overwrite)
+    log = RunLogger(run_dir, enabled=env.is_main and not quiet, writes_files=env.is_main)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.batch_size < 1:
+        raise SynthctError(f"train.batch_size must be at least 1, got {cfg.train.batch_size}")
+    precision = resolve_precision(cfg.train.precision, device)
+    seed_everything(cfg.train.seed)
+
+    dataset = _load_data(cfg, run_dir)
+    per_rank = len(dataset) // env.world_size
+    steps_per_epoch = per_rank // cfg.train.batch_size
+    if steps_per_epoch < 1:
+        raise SynthctError(f"only {len(dataset)} training slices for batch size {cfg.train.batch_size}"
+                           f"{f' on {env.world_size} processes' if env.enabled else ''}")
+    if cfg.train.steps:
+        total_steps = cfg.train.steps
+    elif cfg.train.epochs:
+        total_steps = cfg.train.epochs * steps_per_epoch
+    else:
+        raise SynthctError("set the length of training: --steps N or --epochs N (train.steps / train.epochs)")
+
+    model = _build_model(cfg, cfg.data.slices)
+    trainer = Trainer(model, cfg, total_steps, device, precision, env)
+    checkpoints = run_dir / "checkpoints"
+    elapsed_before = 0.0
+    if resume:
+        state, which = load_state(checkpoints)
+        if which != "state":
+            log.say(f"checkpoints/state was unusable; resuming from checkpoints/{which}")
+        trainer.load_state_dict(state)
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        log.truncate_after(trainer.step_index)
+    if env.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+
+    log.say(f"training {cfg.model.name} ({cfg.model.generator}, ngf {cfg.model.ngf}) on {device}"
+            f"{f' x{env.world_size} processes' if env.enabled else ''}: precision {precision.name} "
+            f"({precision.reason}), {len(dataset)} slices {cfg.data.size}px x{cfg.data.slices}, "
+            f"batch {cfg.train.batch_size}, {steps_per_epoch} steps/epoch, {total_steps} steps"
+            + (f", resuming at step {trainer.step_index}" if resume else ""))
+
+    def checkpoint() -> dict[str, Path]:
+        """Full state for resuming, then the generators for translating (rank 0 only)."""
+        if not env.is_main:
+            return {}
+        log.flush()
+        epoch = trainer.step_index // steps_per_epoch
+        state = trainer.state_dict() | {"epoch": epoch, "elapsed_s": elapsed_before + time.monotonic() - started}
+        save_state(checkpoints, state)
+        return export_generators(model, cfg, run_dir, dataset, trainer.step_index, epoch)
+
+    budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
+    stopped, last_losses, generators = "done", {}, {}
+    saved_at = trainer.step_index if resume else -1
+    with _StopSignals() as signals, log.progress(total_steps, trainer.step_index) as bar:
+        while trainer.step_index < total_steps:
+            epoch, position = divmod(trainer.step_index, steps_per_epoch)
+            dataset.set_epoch(epoch)
+            order = ddp.shard(epoch_order(len(dataset), cfg.train.seed, epoch), env)
+            tick = time.monotonic()
+            batch_size = cfg.train.batch_size
+            batch = collate(dataset, order[position * batch_size:(position + 1) * batch_size])
+            data_s = time.monotonic() - tick
+            lr = trainer.lr
+            try:
+                out = trainer.step(batch)
+            except NonFiniteLoss:
+                log.close()
+                raise
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_s = time.monotonic() - tick - data_s
+            step = trainer.step_index
+            if out.losses:
+                last_losses = out.losses
+            log.record(step=step, epoch=epoch, elapsed_s=elapsed_before + time.monotonic() - started, lr=lr,
+                       data_s=data_s, step_s=step_s, skipped=int(out.skipped), losses=out.losses)
+            bar.update(1)
+            if env.is_main and out.cache is not None and cfg.train.sample_every and step % cfg.train.sample_every == 0:
+                save_sample_grid(model.samples(out.cache, out.cache["batch"]),
+                                 run_dir / "samples" / f"step_{step:06d}.png")
+            if step % cfg.train.log_every == 0:
+                log.flush()
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total_steps:
+                generators = checkpoint()
+                saved_at = step
+            over_budget = budget_s is not None and time.monotonic() - started >= budget_s
+            if ddp.any_true(signals.received is not None or over_budget, env, device):
+                stopped = "signal" if signals.received is not None else "budget"
+                break
+        if saved_at != trainer.step_index or not generators:
+            generators = checkpoint()
+    epoch = trainer.step_index // steps_per_epoch
+    if stopped == "signal":
+        name = signal.Signals(signals.received).name if signals.received else "signal"
+        log.say(f"stopped by {name} at step {trainer.step_index}; resumable state saved "
+                f"(synthct train --resume {run_dir})")
+    elif stopped == "budget":
+        log.say(f"time budget of {cfg.train.max_minutes:g} min spent at step {trainer.step_index}/{total_steps}; "
+                f"state saved (continue with synthct train --resume {run_dir})")
+    if env.is_main:
+        log.close()
+        plot_loss_curves(read_log(run_dir / "log.csv"), run_dir / "loss_curves.png")
+        log.say(f"done: {trainer.step_index}/{total_steps} steps, data wait {log.data_wait_fraction():.0%} "
+                f"of step time, {trainer.skipped_steps} skipped; generators in {run_dir}")
+    return TrainResult(run_dir=run_dir, steps=trainer.step_index, total_steps=total_steps, epoch=epoch,
+                       stopped=stopped, signal=signals.received if stopped == "signal" else None,
+                       losses=last_losses, skipped_steps=trainer.skipped_steps, precision=precision.name,
+                       device=str(device), generators=generators, model=model)

@@ -1,0 +1,126 @@
+"""CycleGAN (Zhu et al. 2017) for MR -> CT: generators G: MR -> CT and F: CT -> MR,
+discriminators D_ct and D_mr, and the full objective in one place (``generator_loss``).
+
+With 2.5D input both domains carry k slices as channels: G and F map k-slice stacks to k-slice
+stacks, the discriminators judge all k, and inference keeps the centre channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import l1_loss
+
+from synthct.config import ModelConfig
+from synthct.models.common import centre_channel, init_weights, set_requires_grad
+from synthct.models.discriminator import PatchDiscriminator
+from synthct.models.generators import build_generator
+from synthct.models.losses import GANLoss, build_structure_loss
+from synthct.models.pool import ImagePool
+
+
+def batched(net: nn.Module, *inputs: Tensor) -> tuple[Tensor, ...]:
+    """One forward call on inputs concatenated along N, split back. Exact for these networks:
+    InstanceNorm normalises each sample on its own and nothing else mixes samples."""
+    return net(torch.cat(inputs)).split([len(x) for x in inputs])
+
+
+def discriminator_objective(gan: GANLoss, D: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+    """0.5 * (L_GAN(D(real), real) + L_GAN(D(fake), fake)); halved as in the reference so D
+    learns at half the generators' rate. Real and fake share one D call (exact, see batched)."""
+    pred_real, pred_fake = batched(D, real, fake.detach())
+    return 0.5 * (gan(pred_real, True, for_discriminator=True)
+                  + gan(pred_fake, False, for_discriminator=True))
+
+
+def new_pool_seed() -> int:
+    """Pools draw their seed from the global RNG, so a seeded run seeds its pools."""
+    return int(torch.randint(0, 2 ** 62, ()))
+
+
+class CycleGAN(nn.Module):
+    def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int, unet_downs: int = 8):
+        super().__init__()
+        if cfg.lambda_identity > 0 and in_channels != out_channels:
+            raise ValueError("the identity loss needs MR and CT with the same number of channels, "
+                             f"got {in_channels} and {out_channels}")
+        self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, unet_downs)
+        self.F = build_generator(cfg.generator, out_channels, in_channels, cfg.ngf, cfg.blocks, unet_downs)
+        self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers)
+        self.D_mr = PatchDiscriminator(in_channels, cfg.ndf, cfg.d_layers)
+        for net in (self.G, self.F, self.D_ct, self.D_mr):
+            init_weights(net, 0.02)
+        self.gan = GANLoss(cfg.gan_mode)
+        self.structure = build_structure_loss(cfg.struct_loss) if cfg.lambda_struct > 0 else None
+        self.lambda_cycle = cfg.lambda_cycle
+        self.lambda_identity = cfg.lambda_identity
+        self.lambda_struct = cfg.lambda_struct
+        self.pool_ct = ImagePool(cfg.pool_size, seed=new_pool_seed())
+        self.pool_mr = ImagePool(cfg.pool_size, seed=new_pool_seed())
+
+    def generators(self) -> dict[str, nn.Module]:
+        return {"mr2ct": self.G, "ct2mr": self.F}
+
+    def generator_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.G.parameters()
+        yield from self.F.parameters()
+
+    def discriminator_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.D_ct.parameters()
+        yield from self.D_mr.parameters()
+
+    def generator_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], dict]:
+        real_mr, real_ct = batch["mr"], batch["ct"]
+        identity = self.lambda_identity > 0
+        set_requires_grad([self.D_ct, self.D_mr], False)
+
+        # Each generator runs once per input set it needs, batched along N: G on {mr, ct}, then F
+        # on everything it needs that is already known ({ct, mr, G(mr)}), then G on F(ct).
+        if identity:
+            fake_ct, idt_ct = batched(self.G, real_mr, real_ct)
+            fake_mr, idt_mr, rec_mr = batched(self.F, real_ct, real_mr, fake_ct)
+        else:
+            fake_ct = self.G(real_mr)
+            fake_mr, rec_mr = batched(self.F, real_ct, fake_ct)
+        rec_ct = self.G(fake_mr)
+
+        lam = self.lambda_cycle
+        terms = {
+            "G_gan": self.gan(self.D_ct(fake_ct), True, for_discriminator=False),   # L_GAN(G, D_ct)
+            "F_gan": self.gan(self.D_mr(fake_mr), True, for_discriminator=False),   # L_GAN(F, D_mr)
+            "cycle_mr": lam * l1_loss(rec_mr.float(), real_mr.float()),             # |F(G(mr)) - mr|
+            "cycle_ct": lam * l1_loss(rec_ct.float(), real_ct.float()),             # |G(F(ct)) - ct|
+        }
+        if identity:
+            terms["idt_ct"] = self.lambda_identity * lam * l1_loss(idt_ct.float(), real_ct.float())
+            terms["idt_mr"] = self.lambda_identity * lam * l1_loss(idt_mr.float(), real_mr.float())
+        if self.structure is not None:
+            terms["struct"] = self.lambda_struct * (self.structure(real_mr, fake_ct)
+                                                    + self.structure(real_ct, fake_mr))
+        total = sum(terms.values())
+
+        cache = {"fake_ct": fake_ct.detach(), "fake_mr": fake_mr.detach(),
+                 "rec_mr": rec_mr.detach(), "rec_ct": rec_ct.detach()}
+        return total, {name: value.detach() for name, value in terms.items()}, cache
+
+    def discriminator_loss(self, batch: dict[str, Tensor], cache: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        set_requires_grad([self.D_ct, self.D_mr], True)
+        loss_ct = discriminator_objective(self.gan, self.D_ct, batch["ct"], self.pool_ct.query(cache["fake_ct"]))
+        loss_mr = discriminator_objective(self.gan, self.D_mr, batch["mr"], self.pool_mr.query(cache["fake_mr"]))
+        return loss_ct + loss_mr, {"D_ct": loss_ct.detach(), "D_mr": loss_mr.detach()}
+
+    def samples(self, cache: dict, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Centre slices (N, 1, H, W) for a sample grid."""
+        images = {"real_mr": batch["mr"], "fake_ct": cache["fake_ct"], "rec_mr": cache["rec_mr"],
+                  "real_ct": batch["ct"], "fake_mr": cache["fake_mr"], "rec_ct": cache["rec_ct"]}
+        return {name: centre_channel(image.detach()) for name, image in images.items()}
+
+    def pools_state_dict(self) -> dict[str, Tensor]:
+        return {f"{name}.{key}": value for name, pool in (("ct", self.pool_ct), ("mr", self.pool_mr))
+                for key, value in pool.state_dict().items()}
+
+    def load_pools_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, pool in (("ct", self.pool_ct), ("mr", self.pool_mr)):
+            pool.load_state_dict({key: state[f"{name}.{key}"] for key in ("images", "rng_state")})

@@ -1,0 +1,242 @@
+"""Training engine: a tiny CycleGAN learns, resumes bit for bit, stops cleanly on budget,
+signal and NaN, and exports generators with a complete sidecar."""
+
+import csv
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from synthct.engine import load_run_config
+from synthct.engine import trainer as trainer_module
+from synthct.engine.checkpoint import load_generator, load_state, sha256_of
+from synthct.engine.precision import Precision, resolve_precision
+from synthct.engine.trainer import NonFiniteLoss, Trainer, lr_factor, seed_everything, train
+from synthct.errors import SynthctError
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from synthct.data.phantom import write_phantoms
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantoms(2, root, size=(32, 32, 10))
+    return root
+
+
+def tiny_config(root, steps=20, **train):
+    cfg = load_run_config("tiny")
+    cfg.data.root = str(root)
+    cfg.train.steps = steps
+    cfg.train.threads = 1
+    cfg.train.device = "cpu"
+    cfg.train.sample_every = 0
+    cfg.train.checkpoint_every = 0
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def log_rows(run_dir):
+    with open(run_dir / "log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_lr_schedule_is_constant_then_linear_to_zero():
+    assert [lr_factor(s, 10, 0.5) for s in (0, 4, 5, 6, 9, 10)] == pytest.approx([1.0, 1.0, 1.0, 0.8, 0.2, 0.0])
+    assert lr_factor(3, 10, 1.0) == 1.0
+
+
+def test_tiny_cyclegan_learns_the_mapping(phantoms, tmp_path):
+    from synthct.data.layouts import collect_sources
+    from synthct.data.slices import SliceDataset
+    from synthct.models import build_model
+
+    cfg = tiny_config(phantoms, steps=80, sample_every=40)
+    seed_everything(cfg.train.seed)
+    initial_g = build_model(cfg.model, 1, 1).G.eval()
+    result = train(cfg, tmp_path / "run", quiet=True)
+    assert result.stopped == "done" and result.steps == 80
+
+    rows = log_rows(tmp_path / "run")
+    assert [int(r["step"]) for r in rows] == list(range(1, 81))
+    cycle = np.array([float(r["cycle_mr"]) + float(r["cycle_ct"]) for r in rows])
+    assert cycle[-20:].mean() < 0.75 * cycle[:20].mean()
+
+    # Against the known answer: the phantoms are paired, so G(mr) can be compared with ct.
+    pairs = SliceDataset(collect_sources(cfg.data), cfg.data, paired=True, seed=0)
+    trained_g, _ = load_generator(tmp_path / "run", "mr2ct")
+    items = [pairs[i] for i in range(len(pairs))]
+    mr = torch.stack([torch.as_tensor(it["mr"]) for it in items])
+    ct = torch.stack([torch.as_tensor(it["ct"]) for it in items])
+    with torch.no_grad():
+        before = (initial_g(mr) - ct).abs().mean()
+        after = (trained_g(mr) - ct).abs().mean()
+    assert after < 0.7 * before
+
+    assert (tmp_path / "run" / "samples" / "step_000040.png").is_file()
+    assert (tmp_path / "run" / "loss_curves.png").stat().st_size > 1000
+
+
+def test_sidecar_describes_the_generator(phantoms, tmp_path):
+    cfg = tiny_config(phantoms, steps=3)
+    train(cfg, tmp_path, quiet=True)
+    for direction, source, target in (("mr2ct", "mr", "ct"), ("ct2mr", "ct", "mr")):
+        meta = json.loads((tmp_path / f"generator_{direction}.json").read_text())
+        assert meta["format"] == "synthct-generator" and meta["version"] == 1
+        assert (meta["direction"], meta["source"], meta["target"]) == (direction, source, target)
+        assert meta["architecture"] == {"generator": "resnet", "in_channels": 1, "out_channels": 1,
+                                        "ngf": 4, "blocks": 2}
+        assert meta["slices"] == 1 and meta["size"] == 32 and meta["axis"] == 0
+        assert meta["intensity_mode"] == "hu" and meta["model"] == "cyclegan"
+        assert meta["input_mapping"] and meta["output_mapping"] and meta["input_mapping"] != meta["output_mapping"]
+        assert meta["step"] == 3 and meta["config"]["model"]["ngf"] == 4
+        assert meta["sha256"] == sha256_of(tmp_path / f"generator_{direction}.safetensors")
+    saved = (tmp_path / "config.yaml").read_text()
+    assert "ngf: 4" in saved and str(phantoms) in saved
+
+
+def _state_tensors(run_dir):
+    state, _ = load_state(run_dir / "checkpoints")
+    flat = {}
+
+    def walk(obj, prefix):
+        if isinstance(obj, torch.Tensor):
+            flat[prefix] = obj
+        elif isinstance(obj, np.ndarray):
+            flat[prefix] = torch.from_numpy(obj.astype(np.int64))
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{prefix}.{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{prefix}.{i}")
+        else:
+            flat[prefix] = obj
+    walk({k: v for k, v in state.items() if k != "elapsed_s"}, "")
+    return flat
+
+
+def test_stop_and_resume_is_bitwise_identical(phantoms, tmp_path, monkeypatch):
+    # 12 steps = 2.4 epochs, lr decaying over the second half, pools of 10 filling up.
+    cfg = tiny_config(phantoms, steps=12, decay_start=0.5)
+    train(cfg, tmp_path / "straight", quiet=True)
+
+    step = Trainer.step
+
+    def step_then_sigterm(self, batch):
+        out = step(self, batch)
+        if self.step_index == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "step", step_then_sigterm)
+    stopped = train(cfg, tmp_path / "split", quiet=True)
+    assert (stopped.stopped, stopped.steps, stopped.exit_code) == ("signal", 5, 143)
+    monkeypatch.undo()
+    resumed = train(cfg, tmp_path / "split", resume=True, quiet=True)
+    assert resumed.steps == 12 and resumed.stopped == "done"
+
+    straight, split = _state_tensors(tmp_path / "straight"), _state_tensors(tmp_path / "split")
+    assert straight.keys() == split.keys()
+    for key, value in straight.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, split[key]), key
+        else:
+            assert value == split[key], key
+    assert sha256_of(tmp_path / "straight" / "generator_mr2ct.safetensors") == \
+        sha256_of(tmp_path / "split" / "generator_mr2ct.safetensors")
+    assert [r["step"] for r in log_rows(tmp_path / "split")] == [str(s) for s in range(1, 13)]
+
+
+def test_time_budget_stops_with_a_resumable_checkpoint(phantoms, tmp_path):
+    cfg = tiny_config(phantoms, steps=50, max_minutes=1e-9)
+    result = train(cfg, tmp_path, quiet=True)
+    assert (result.stopped, result.steps, result.exit_code) == ("budget", 1, 0)
+    state, _ = load_state(tmp_path / "checkpoints")
+    assert state["step"] == 1
+    cfg.train.max_minutes = None
+    cfg.train.steps = 3
+    assert train(cfg, tmp_path, resume=True, quiet=True).steps == 3
+
+
+def _nan_at_step(monkeypatch, bad_step):
+    from synthct.models.cyclegan import CycleGAN
+
+    original = CycleGAN.generator_loss
+    calls = {"n": 0}
+
+    def generator_loss(self, batch):
+        calls["n"] += 1
+        loss, terms, cache = original(self, batch)
+        return (loss * float("nan"), terms, cache) if calls["n"] == bad_step else (loss, terms, cache)
+
+    monkeypatch.setattr(CycleGAN, "generator_loss", generator_loss)
+
+
+def test_nan_stop_names_the_step_and_keeps_the_last_checkpoint(phantoms, tmp_path, monkeypatch):
+    _nan_at_step(monkeypatch, 5)
+    cfg = tiny_config(phantoms, steps=10, checkpoint_every=2, nan_policy="stop")
+    with pytest.raises(NonFiniteLoss, match="step 5"):
+        train(cfg, tmp_path, quiet=True)
+    state, which = load_state(tmp_path / "checkpoints")
+    assert which == "state" and state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_nan_skip_counts_and_continues(phantoms, tmp_path, monkeypatch):
+    _nan_at_step(monkeypatch, 3)
+    cfg = tiny_config(phantoms, steps=6, nan_policy="skip")
+    result = train(cfg, tmp_path, quiet=True)
+    assert result.steps == 6 and result.skipped_steps == 1
+    skipped = [r["skipped"] for r in log_rows(tmp_path)]
+    assert skipped == ["0", "0", "1", "0", "0", "0"]
+    state, _ = load_state(tmp_path / "checkpoints")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_bf16_and_fp32_reach_comparable_losses(phantoms, tmp_path):
+    finals = {}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny_config(phantoms, steps=30, precision=precision)
+        result = train(cfg, tmp_path / precision, quiet=True)
+        assert result.precision == precision
+        rows = log_rows(tmp_path / precision)
+        finals[precision] = np.mean([float(r["cycle_mr"]) + float(r["cycle_ct"]) for r in rows[-10:]])
+        first = np.mean([float(r["cycle_mr"]) + float(r["cycle_ct"]) for r in rows[:10]])
+        assert finals[precision] < first
+    assert abs(finals["bf16"] - finals["fp32"]) < 0.3 * finals["fp32"]
+
+
+def test_trainer_step_on_a_raw_batch_updates_both_players():
+    from synthct.models import build_model
+
+    cfg = load_run_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 3, 3)
+    trainer = Trainer(model, cfg, total_steps=4, device=torch.device("cpu"),
+                      precision=Precision("fp32", "cpu", "test"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = {"mr": torch.rand(2, 3, 32, 32) * 2 - 1, "ct": torch.rand(2, 3, 32, 32) * 2 - 1}
+    out = trainer.step(batch)
+    assert not out.skipped and {"G_gan", "cycle_mr", "D_ct", "D_mr"} <= set(out.losses)
+    changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert {"G", "F", "D_ct", "D_mr"} <= changed
+    assert trainer.step_index == 1
+
+
+def test_precision_choice_follows_the_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(trainer_module, "resolve_precision", resolve_precision)
+    from synthct.engine import precision as precision_module
+
+    monkeypatch.setattr(precision_module, "cpu_bf16_support", lambda: "AVX512-BF16")
+    assert resolve_precision("auto", cpu).name == "bf16"
+    monkeypatch.setattr(precision_module, "cpu_bf16_support", lambda: None)
+    assert resolve_precision("auto", cpu).name == "fp32"
+    assert resolve_precision("bf16", cpu).dtype == torch.bfloat16
+    with pytest.raises(SynthctError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", cpu)

@@ -1,0 +1,128 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from synthct.cli import main
+from synthct.errors import SynthctError
+from synthct.eval.evaluate import evaluate_cases
+from synthct.eval.metrics import hu_metrics
+from synthct.io.image import Volume, write_image
+
+
+def head_ct(seed: int, shape=(8, 24, 24)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    head = ((y - shape[1] / 2) ** 2 + (x - shape[2] / 2) ** 2) <= (shape[1] / 3) ** 2
+    return np.where(head, rng.normal(40, 30, shape), -1000.0).astype(np.float32)
+
+
+def write(array, path):
+    write_image(Volume(np.asarray(array, np.float32)), path)
+
+
+def synthrad_layout(root, cases, with_mask=True, pred_name="sct"):
+    ref_dir, pred_dir = root / "ref", root / "pred"
+    arrays = {}
+    for i, case in enumerate(cases):
+        ct = head_ct(i)
+        pred = ct + np.float32(10 * (i + 1))
+        mask = ct > -500
+        write(ct, ref_dir / case / "ct.nii.gz")
+        if with_mask:
+            write(mask, ref_dir / case / "mask.nii.gz")
+        write(pred, pred_dir / case / f"{pred_name}.mha")
+        arrays[case] = (pred, ct, mask)
+    return pred_dir, ref_dir, arrays
+
+
+def test_case_folders_with_masks_beside_reference(tmp_path):
+    pred_dir, ref_dir, arrays = synthrad_layout(tmp_path, ["a", "b"])
+    result = evaluate_cases(pred_dir, ref_dir)
+    assert result.mode == "hu" and result.complete
+    assert [row["case"] for row in result.rows] == ["a", "b"]
+    for row in result.rows:
+        pred, ct, mask = arrays[row["case"]]
+        expected = hu_metrics(pred, ct, mask)
+        for name in ("mae", "me", "psnr", "ssim"):
+            assert row[name] == pytest.approx(expected[name], rel=1e-6)
+        assert row["mask"] == "file"
+    assert result.rows[1]["me"] == pytest.approx(20.0, abs=1e-3)
+    summary = result.summary()
+    assert summary["metrics"]["me"]["mean"] == pytest.approx(15.0, abs=1e-3)
+    assert summary["metrics"]["me"]["n"] == 2
+
+
+def test_flat_layout_with_mask_dir_and_computed_mask(tmp_path):
+    ct = head_ct(0)
+    pred = ct.copy()
+    pred[ct < -500] += 300.0  # errors only outside the body
+    write(ct, tmp_path / "ref" / "case1.nii.gz")
+    write(pred, tmp_path / "pred" / "case1.nii.gz")
+    write(ct > -500, tmp_path / "mask" / "case1.nii.gz")
+    with_dir = evaluate_cases(tmp_path / "pred", tmp_path / "ref", tmp_path / "mask")
+    assert with_dir.rows[0]["mae"] == 0.0 and with_dir.rows[0]["mask"] == "file"
+    computed = evaluate_cases(tmp_path / "pred", tmp_path / "ref")
+    assert computed.rows[0]["mask"] == "computed"
+    assert computed.rows[0]["mae"] == 0.0
+
+
+def test_missing_prediction_reported_and_exit_nonzero(tmp_path, capsys):
+    pred_dir, ref_dir, _ = synthrad_layout(tmp_path, ["a", "b"], pred_name="ct")
+    (pred_dir / "b" / "ct.mha").unlink()
+    write(head_ct(5), pred_dir / "stray.nii.gz")
+    out = tmp_path / "out"
+    code = main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)])
+    assert code != 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["missing"] == ["b"]
+    assert summary["unmatched_predictions"] == ["stray"]
+    assert summary["n_cases"] == 1
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["case"] for r in rows] == ["a"]
+    captured = capsys.readouterr()
+    assert "b" in captured.err and "mae" in captured.out
+
+
+def test_cli_writes_outputs_and_refuses_to_overwrite(tmp_path, capsys):
+    pred_dir, ref_dir, _ = synthrad_layout(tmp_path, ["a"])
+    out = tmp_path / "out"
+    args = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "hu" and set(summary["metrics"]) == {"mae", "me", "psnr", "ssim"}
+    assert summary["metrics"]["mae"]["mean"] == pytest.approx(10.0, abs=1e-3)
+    before = (out / "metrics.csv").read_text()
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "metrics.csv").read_text() == before
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_shape_mismatch_names_the_file(tmp_path):
+    write(head_ct(0), tmp_path / "ref" / "x.nii.gz")
+    write(head_ct(0, shape=(8, 24, 20)), tmp_path / "pred" / "x.nii.gz")
+    with pytest.raises(SynthctError) as info:
+        evaluate_cases(tmp_path / "pred", tmp_path / "ref")
+    assert "x.nii.gz" in str(info.value) and "shape" in str(info.value)
+
+
+def test_eight_bit_pictures_auto_mode_with_head_mask(tmp_path):
+    yy, xx = np.mgrid[:48, :48]
+    ref = np.where((yy - 24) ** 2 + (xx - 24) ** 2 <= 15**2, 150, 0).astype(np.float32)[None]
+    pred = np.clip(ref + 5, 0, 255)
+    write_image(Volume(ref, is_2d=True), tmp_path / "ref" / "s1.png")
+    write_image(Volume(pred, is_2d=True), tmp_path / "pred" / "s1.png")
+    result = evaluate_cases(tmp_path / "pred", tmp_path / "ref")
+    assert result.mode == "8bit"
+    row = result.rows[0]
+    assert row["head_me"] == 5.0 and row["mae"] == 5.0 and row["mask"] == "computed"
+    assert set(result.summary()["metrics"]) == {"mae", "psnr", "ssim", "head_mae", "head_psnr", "head_ssim", "head_me"}
+
+
+def test_no_references_is_a_user_error(tmp_path):
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pred").mkdir()
+    with pytest.raises(SynthctError, match="no reference"):
+        evaluate_cases(tmp_path / "pred", tmp_path / "ref")

@@ -1,0 +1,120 @@
+"""`synthct train` command line: config precedence, run-folder safety, clear one-line errors,
+and SIGTERM leaving a resumable run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from synthct.cli import main
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from synthct.data.phantom import write_phantoms
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantoms(2, root, size=(32, 32, 10))
+    return root
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("synthct: error: "), err
+    return err[0]
+
+
+TINY = ["--config", "tiny", "--set", "train.threads=1", "--device", "cpu"]
+
+
+def test_precedence_preset_then_set_then_flags_and_config_saved(phantoms, tmp_path):
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(phantoms), "--out", str(out), *TINY, "--steps", "2",
+               "--set", "model.ngf=6", "--set", "train.lr=0.001", "--ngf", "8"])
+    assert rc == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["ngf"] == 8  # direct flag beats --set
+    assert saved["train"]["lr"] == 0.001  # --set beats the preset
+    assert saved["model"]["blocks"] == 2 and saved["data"]["size"] == 32  # from the tiny preset
+    assert saved["data"]["root"] == str(phantoms) and saved["train"]["steps"] == 2
+    assert (out / "generator_mr2ct.safetensors").is_file()
+
+
+def test_refuses_an_existing_run_unless_resume_or_overwrite(phantoms, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(phantoms), "--out", str(out), *TINY, "--steps", "1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--resume" in one_line_error(capsys)
+    assert main(args + ["--overwrite"]) == 0
+    assert main(["train", "--resume", str(out), "--steps", "2", "--set", "train.threads=1"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["steps"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mr", "{tmp}/nope", "--ct", "{tmp}", "--out", "{tmp}/r"], "nope: not found"),
+    (["--data", "{tmp}/missing", "--out", "{tmp}/r"], "missing: not found"),
+    (["--mr", "{tmp}", "--out", "{tmp}/r"], "--mr and --ct go together"),
+    (["--data", "{tmp}"], "--out RUN_DIR"),
+    (["--resume", "{tmp}/none"], "run folder not found"),
+    (["--data", "{tmp}", "--out", "{tmp}/r", "--config", "no_such_preset"], "no such config file or preset"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
+    rc = main(["train", *[a.format(tmp=tmp_path) for a in args]])
+    assert rc == 2
+    assert message in one_line_error(capsys)
+
+
+def test_pix2pix_needs_paired_data(phantoms, tmp_path, capsys):
+    mr, ct = tmp_path / "mr", tmp_path / "ct"
+    mr.mkdir()
+    ct.mkdir()
+    for case in ("phantom_000", "phantom_001"):
+        (mr / f"{case}.nii.gz").write_bytes((phantoms / case / "mr.nii.gz").read_bytes())
+        (ct / f"{case}.nii.gz").write_bytes((phantoms / case / "ct.nii.gz").read_bytes())
+    rc = main(["train", "--mr", str(mr), "--ct", str(ct), "--out", str(tmp_path / "r"), *TINY,
+               "--model", "pix2pix", "--steps", "1"])
+    assert rc == 2
+    assert "pix2pix needs paired" in one_line_error(capsys)
+
+
+def test_corrupted_checkpoint_on_resume_is_one_line(phantoms, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(phantoms), "--out", str(out), *TINY, "--steps", "1"]) == 0
+    for name in ("state", "state.prev"):
+        path = out / "checkpoints" / f"{name}.safetensors"
+        if path.exists():
+            path.write_bytes(path.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--steps", "2"]) == 2
+    assert "corrupted or truncated" in one_line_error(capsys)
+
+
+def test_sigterm_mid_run_leaves_a_resumable_state(phantoms, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "synthct", "train", "--data", str(phantoms), "--out", str(out), *TINY,
+           "--steps", "100000", "--set", "train.log_every=1", "--set", "train.checkpoint_every=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((out / "log.csv").is_file() and len((out / "log.csv").read_text().splitlines()) > 3):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    from synthct.engine.checkpoint import load_state
+
+    state, which = load_state(out / "checkpoints")
+    done = state["step"]
+    assert which == "state" and done >= 3
+    assert main(["train", "--resume", str(out), "--steps", str(done + 2)]) == 0
+    assert load_state(out / "checkpoints")[0]["step"] == done + 2

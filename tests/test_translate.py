@@ -1,0 +1,266 @@
+"""Translation: exact geometry and HU, 2.5D stacking, tiling, cycle QA, and the translate CLI's
+batch robustness and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from pydicom.data import get_testdata_file
+
+from synthct.cli import main
+from synthct.data.intensity import CTWindow, MRPercentile
+from synthct.data.phantom import make_phantom
+from synthct.engine.checkpoint import generator_architecture, save_generator
+from synthct.errors import SynthctError
+from synthct.io.image import Volume, read_image, write_image
+from synthct.models.generators import build_generator
+from synthct.translate.translator import TorchRunner, Translator, raised_cosine_ramp
+
+OBLIQUE = tuple(sitk.VersorRigid3DTransform((0.1, -0.2, 0.3, 0.927)).GetMatrix())
+MAPPINGS = {"ct": CTWindow().to_dict(), "mr": MRPercentile(lo=0.0, hi=1000.0).to_dict()}
+
+
+def make_run(folder: Path, directions=("mr2ct", "ct2mr"), slices: int = 1, size: int = 32) -> Path:
+    """A run folder with tiny randomly initialised generators (meaningless output, real pipeline)."""
+    torch.manual_seed(0)
+    for direction in directions:
+        source, target = direction.split("2")
+        g = build_generator("resnet", slices, slices, ngf=4, n_blocks=1)
+        meta = {"direction": direction, "source": source, "target": target, "model": "cyclegan",
+                "architecture": generator_architecture(g, "resnet", slices, 4, 1), "slices": slices,
+                "size": size, "axis": 0, "resize": "fit", "intensity_mode": "hu",
+                "input_mapping": MAPPINGS[source], "output_mapping": MAPPINGS[target], "step": 7, "epoch": 1}
+        save_generator(g, folder / f"generator_{direction}", meta)
+    return folder
+
+
+def stub_meta(direction="mr2ct", slices=1, size=32, resize="fit", source_mapping="ct") -> dict:
+    return {"direction": direction, "slices": slices, "size": size, "axis": 0, "resize": resize,
+            "architecture": {"generator": "resnet"}, "intensity_mode": "hu",
+            "input_mapping": MAPPINGS[source_mapping], "output_mapping": MAPPINGS["ct"], "step": 3}
+
+
+def identity(batch: np.ndarray) -> np.ndarray:
+    return batch
+
+
+def oblique_volume(shape=(5, 20, 24), low=-1000, high=2000) -> Volume:
+    rng = np.random.default_rng(0)
+    array = rng.uniform(low, high, size=shape).round().astype(np.float32)
+    return Volume(array=array, spacing=(0.7, 1.3, 3.1), origin=(-12.5, 40.25, 7.0), direction=OBLIQUE,
+                  format="nifti")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+@pytest.mark.parametrize("resample", ["native", "fit", "auto"])
+def test_oblique_anisotropic_nifti_keeps_exact_geometry_and_int16(tmp_path, run_dir, resample):
+    vol = oblique_volume()
+    src = write_image(vol, tmp_path / "in" / "case 1.nii.gz", dtype="int16")
+    rc = main(["translate", "--model", str(run_dir), "--direction", "ct2mr", str(src), "--out",
+               str(tmp_path / "out"), "--resample", resample, "--device", "cpu"])
+    assert rc == 0
+    smr = read_image(tmp_path / "out" / "case_1_smr.nii.gz")
+    assert smr.same_geometry(vol, tol=1e-6) and smr.source_dtype == "float32"
+    rc = main(["translate", "--model", str(run_dir), "--direction", "mr2ct", str(tmp_path / "out"), "--out",
+               str(tmp_path / "sct"), "--resample", resample, "--device", "cpu"])
+    assert rc == 0
+    sct = read_image(tmp_path / "sct" / "case_1_smr_sct.nii.gz")
+    assert sct.same_geometry(vol, tol=1e-6) and sct.source_dtype == "int16"
+    assert -1024 <= sct.array.min() and sct.array.max() <= 3000
+
+
+def test_identity_generator_returns_input_hu_inside_window():
+    vol = oblique_volume(low=-1500, high=3500)
+    translator = Translator.from_runner(identity, stub_meta(), batch_size=2, resample="native")
+    out = translator.translate_volume(vol)
+    assert out.array.dtype == np.float32 and out.same_geometry(vol)
+    inside = (vol.array >= -1024) & (vol.array <= 3000)
+    assert np.abs(out.array - vol.array)[inside].max() < 0.5
+    np.testing.assert_allclose(out.array[vol.array < -1024], -1024, atol=0.5)
+    np.testing.assert_allclose(out.array[vol.array > 3000], 3000, atol=0.5)
+
+
+def test_fit_resampling_of_identity_is_close_and_exactly_shaped():
+    vol = oblique_volume(shape=(2, 48, 40))
+    vol.array[:] = np.linspace(-500, 500, 40, dtype=np.float32)[None, None, :]  # smooth: survives resizing
+    translator = Translator.from_runner(identity, stub_meta(size=16), resample="fit")
+    assert translator.spatial_mode((48, 40), (1.3, 0.7)) == "fit"
+    out = translator.translate_volume(vol)
+    assert out.same_geometry(vol)
+    assert np.abs(out.array - vol.array)[:, 4:-4, 4:-4].max() < 40.0
+
+
+def test_auto_resampling_native_near_training_size_fit_far_from_it():
+    translator = Translator.from_runner(identity, stub_meta(size=256))
+    assert translator.spatial_mode((256, 256), (1.0, 1.0)) == "native"
+    assert translator.spatial_mode((240, 256), (1.0, 1.0)) == "native"
+    assert translator.spatial_mode((512, 512), (0.5, 0.5)) == "fit"
+    assert translator.spatial_mode((256, 256), (1.0, 2.0)) == "fit"  # anisotropic pixels
+    assert Translator.from_runner(identity, stub_meta(resize="crop")).spatial_mode((512, 512), (1, 1)) == "native"
+
+
+def test_two_and_a_half_d_stacks_neighbours_in_order_and_keeps_centre():
+    vol = Volume(array=np.arange(6, dtype=np.float32)[:, None, None].repeat(8, 1).repeat(8, 2) * 100)
+
+    def previous_slice_in_centre(batch):  # (N, 3, H, W): channel 0 is slice i-1
+        return np.repeat(batch[:, :1], 3, axis=1)
+
+    translator = Translator.from_runner(previous_slice_in_centre, stub_meta(slices=3, size=8), batch_size=4)
+    out = translator.translate_volume(vol)
+    np.testing.assert_allclose(out.array[:, 0, 0], [0, 0, 100, 200, 300, 400], atol=0.5)
+
+
+def test_tiled_equals_untiled_for_limited_receptive_field():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(),
+                              torch.nn.Conv2d(4, 1, 3, padding=1), torch.nn.Tanh())
+    runner = TorchRunner(net)
+    vol = Volume(array=np.random.default_rng(1).uniform(-1000, 1500, (3, 70, 90)).astype(np.float32))
+    meta = stub_meta(size=80, resize="none")
+    whole = Translator.from_runner(runner, meta, tile=0).translate_volume(vol)
+    tiled = Translator.from_runner(runner, meta, tile=32).translate_volume(vol)
+    np.testing.assert_allclose(tiled.array, whole.array, atol=1e-3)  # HU; float32 rounding only
+
+
+def test_blend_ramp_is_zero_at_the_tile_border_and_rises_smoothly():
+    ramp = raised_cosine_ramp(16)
+    assert ramp[:4].max() == 0 and ramp[-4:].min() == 1
+    assert np.all(np.diff(ramp) >= 0)
+
+
+def test_mask_sets_air_outside_body():
+    vol = Volume(array=np.full((2, 16, 16), 40.0, np.float32))
+    mask = np.zeros(vol.shape, bool)
+    mask[:, 4:12, 4:12] = True
+    out = Translator.from_runner(identity, stub_meta(size=16)).translate_volume(vol, mask=mask)
+    assert np.all(out.array[~mask] == -1000)
+    np.testing.assert_allclose(out.array[mask], 40, atol=0.5)
+
+
+def test_cycle_qa_reports_errors_in_source_units_and_flags_bad_slices():
+    array = np.zeros((16, 12, 12), np.float32)
+    array[5] = 500.0
+    vol = Volume(array=array)
+
+    def corrupt_bright_slices(batch):  # F(G(x)) = x + 0.1 where the slice is bright
+        return batch + 0.1 * (batch.mean(axis=(1, 2, 3), keepdims=True) > -0.45)
+
+    translator = Translator.from_runner(identity, stub_meta(size=12), backward=corrupt_bright_slices)
+    result = translator.translate_volume(vol, qa=True)
+    expected = 0.1 * (3000 + 1024) / 2  # model range -> HU
+    np.testing.assert_allclose(result.cycle_error.array[5], expected, rtol=1e-4)
+    assert result.cycle_error.array[np.arange(16) != 5].max() < 1e-3
+    summary = result.summary.to_dict()
+    assert summary["units"] == "HU" and summary["flagged_slices"] == [5]
+    assert len(summary["per_slice_mean_error"]) == 16 and summary["step"] == 3
+    fixed = translator.translate_volume(vol, qa=True, qa_threshold=expected + 1)
+    assert fixed.summary.flagged_slices == []
+
+
+def test_mr_input_is_fitted_per_volume():
+    translator = Translator.from_runner(identity, stub_meta(source_mapping="mr"))
+    _, _, mask = make_phantom(0, size=(16, 16, 8))
+    mr = make_phantom(0, size=(16, 16, 8))[0]
+    a = translator.source_mapping(Volume(array=mr))
+    b = translator.source_mapping(Volume(array=mr * 3))
+    assert a.fitted and b.fitted and b.hi == pytest.approx(3 * a.hi, rel=1e-5)
+
+
+def test_direction_mismatch_is_refused(run_dir):
+    with pytest.raises(SynthctError, match="translates"):
+        Translator(run_dir / "generator_ct2mr.safetensors", "mr2ct", device="cpu")
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_ct_small_and_phantom_translate_both_directions_with_qa(tmp_path, run_dir):
+    mr, ct, _ = make_phantom(3, size=(24, 24, 8))
+    geometry = {"spacing": (1.5, 1.5, 2.5), "origin": (1.0, 2.0, 3.0)}
+    mr_path = write_image(Volume(mr, **geometry), tmp_path / "mr.nii.gz")
+    ct_path = write_image(Volume(ct, **geometry), tmp_path / "ct.nii.gz", dtype="int16")
+    ct_small = get_testdata_file("CT_small.dcm")
+    for direction, inputs in (("mr2ct", [mr_path, ct_small]), ("ct2mr", [ct_path, ct_small])):
+        out = tmp_path / direction
+        rc = main(["translate", "--model", str(run_dir), "--direction", direction, *map(str, inputs),
+                   "--out", str(out), "--qa", "--device", "cpu", "--mask", "auto"])
+        assert rc == 0
+        tag = "sct" if direction == "mr2ct" else "smr"
+        stem = "mr" if direction == "mr2ct" else "ct"
+        for name in (stem, "CT_small"):
+            result = read_image(out / f"{name}_{tag}.nii.gz")
+            assert result.array.shape == read_image(out / f"{name}_cycle_error.nii.gz").array.shape
+            qa = json.loads((out / f"{name}_qa.json").read_text())
+            assert qa["direction"] == direction and qa["step"] == 7 and qa["mean_error_in_body"] >= 0
+        assert read_image(out / f"CT_small_{tag}.nii.gz").array.shape == (1, 128, 128)
+
+
+def test_missing_model_and_wrong_direction_give_one_line_errors(tmp_path, capsys):
+    vol = write_image(oblique_volume(), tmp_path / "a.nii.gz", dtype="int16")
+    assert main(["translate", "--model", str(tmp_path / "nope"), "--direction", "mr2ct", str(vol),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model not found" in err[0]
+    one_way = make_run(tmp_path / "run", directions=("ct2mr",))
+    assert main(["translate", "--model", str(one_way), "--direction", "mr2ct", str(vol),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ct2mr" in err[0]
+
+
+def test_corrupt_input_among_good_ones_fails_at_the_end_others_written(tmp_path, run_dir, capsys):
+    inputs = tmp_path / "in"
+    for name in ("a", "c"):
+        write_image(oblique_volume(), inputs / f"{name}.nii.gz", dtype="int16")
+    (inputs / "b.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    rc = main(["translate", "--model", str(run_dir), "--direction", "ct2mr", str(inputs), "--out",
+               str(tmp_path / "out"), "--device", "cpu"])
+    assert rc == 2
+    assert (tmp_path / "out" / "a_smr.nii.gz").is_file() and (tmp_path / "out" / "c_smr.nii.gz").is_file()
+    assert not (tmp_path / "out" / "b_smr.nii.gz").exists()
+    err = capsys.readouterr().err
+    assert "b.nii.gz" in err and "1 input failed" in err
+
+
+def test_existing_output_needs_overwrite(tmp_path, run_dir, capsys):
+    src = write_image(oblique_volume(), tmp_path / "a.nii.gz", dtype="int16")
+    args = ["translate", "--model", str(run_dir), "--direction", "ct2mr", str(src), "--out", str(tmp_path / "o"),
+            "--device", "cpu"]
+    assert main(args) == 0
+    before = (tmp_path / "o" / "a_smr.nii.gz").read_bytes()
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "o" / "a_smr.nii.gz").read_bytes() == before
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_output_never_replaces_an_input_even_with_overwrite(tmp_path, run_dir, capsys):
+    src = write_image(oblique_volume(), tmp_path / "a.nii.gz", dtype="int16")
+    victim = write_image(oblique_volume(), tmp_path / "a_smr.nii.gz", dtype="int16")
+    before = victim.read_bytes()
+    rc = main(["translate", "--model", str(run_dir), "--direction", "ct2mr", str(src), str(victim),
+               "--out", str(tmp_path), "--device", "cpu", "--overwrite"])
+    assert rc == 2 and victim.read_bytes() == before
+    assert "would replace an input" in capsys.readouterr().err
+
+
+def test_dicom_series_folder_name_is_sanitised(tmp_path, run_dir):
+    from synthct.io.dicom_out import write_ct_series
+
+    series = write_ct_series(oblique_volume(shape=(3, 16, 16)), tmp_path / "..evil name;$(x)")
+    rc = main(["translate", "--model", str(run_dir), "--direction", "ct2mr", str(series), "--out",
+               str(tmp_path / "out"), "--device", "cpu"])
+    assert rc == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["evil_name_x_smr.nii.gz"]
