@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,9 @@ def test_torchscript_matches_pytorch(tmp_path, run_dir):
     assert main(["export", "--model", str(run_dir), "--direction", "ct2mr", "--format", "torchscript",
                  "--out", str(out)]) == 0
     module, _ = load_generator(run_dir, "ct2mr")
-    scripted = torch.jit.load(str(out))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still loads
+        scripted = torch.jit.load(str(out))
     x = torch.rand(1, 3, 44, 28) * 2 - 1
     with torch.inference_mode():
         assert (scripted(x) - module(x)).abs().max() < 1e-3

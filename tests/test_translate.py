@@ -171,7 +171,6 @@ def test_cycle_qa_reports_errors_in_source_units_and_flags_bad_slices():
 
 def test_mr_input_is_fitted_per_volume():
     translator = Translator.from_runner(identity, stub_meta(source_mapping="mr"))
-    _, _, mask = make_phantom(0, size=(16, 16, 8))
     mr = make_phantom(0, size=(16, 16, 8))[0]
     a = translator.source_mapping(Volume(array=mr))
     b = translator.source_mapping(Volume(array=mr * 3))
@@ -264,3 +263,19 @@ def test_dicom_series_folder_name_is_sanitised(tmp_path, run_dir):
                str(tmp_path / "out"), "--device", "cpu"])
     assert rc == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["evil_name_x_smr.nii.gz"]
+
+
+def test_eight_bit_png_in_png_out(tmp_path):
+    torch.manual_seed(0)
+    g = build_generator("resnet", 1, 1, ngf=4, n_blocks=1)
+    meta = {"direction": "mr2ct", "source": "mr", "target": "ct", "model": "cyclegan",
+            "architecture": generator_architecture(g, "resnet", 1, 4, 1), "slices": 1, "size": 32, "axis": 0,
+            "resize": "fit", "intensity_mode": "8bit", "input_mapping": {"kind": "eight_bit"},
+            "output_mapping": {"kind": "eight_bit"}, "step": 1, "epoch": 1}
+    save_generator(g, tmp_path / "run" / "generator_mr2ct", meta)
+    picture = np.random.default_rng(0).integers(0, 256, (1, 32, 32)).astype(np.float32)
+    src = write_image(Volume(array=picture, is_2d=True, format="png"), tmp_path / "slice.png")
+    assert main(["translate", "--model", str(tmp_path / "run"), "--direction", "mr2ct", str(src),
+                 "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    out = read_image(tmp_path / "out" / "slice_sct.png")
+    assert out.is_2d and out.array.shape == (1, 32, 32) and out.source_dtype == "uint8"

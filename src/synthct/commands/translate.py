@@ -88,7 +88,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     return found, problems
 
 
-def _plan_outputs(inputs: list[Path], args, tag: str) -> list[tuple[Path, str]]:
+def _plan_outputs(inputs: list[Path], tag: str) -> list[tuple[Path, str]]:
     """(input, output stem) pairs; stems made unique so two inputs never share an output."""
     seen: dict[str, int] = {}
     plan = []
@@ -116,7 +116,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from synthct.errors import SynthctError
-    from synthct.io.image import output_suffix, read_image, write_image
+    from synthct.io.image import output_suffix, read_image
     from synthct.translate.translator import QAResult, Translator, read_mask
 
     if not args.model and not args.onnx:
@@ -148,7 +148,7 @@ def run(args) -> int:
         print(f"synthct: error: {problem}", file=sys.stderr)
 
     bar = tqdm(total=len(inputs), unit="volume", desc="translate", disable=None, file=sys.stderr)
-    for path, stem in _plan_outputs(inputs, args, tag):
+    for path, stem in _plan_outputs(inputs, tag):
         try:
             vol = read_image(path)
             suffix = output_suffix(vol, args.format)
@@ -174,7 +174,7 @@ def run(args) -> int:
             if isinstance(result, QAResult):
                 error_dtype = "uint8" if suffix == ".png" else "float32"
                 _write(result.cycle_error, planned[1], error_dtype, suffix, args.overwrite)
-                _write_qa_json(result, planned[2], path, target, translator, args.overwrite)
+                _write_qa_json(result, planned[2], path, target)
             if args.dicom_out:
                 from synthct.io.dicom_out import write_ct_series
 
@@ -212,7 +212,7 @@ def _write(vol, path: Path, dtype: str, suffix: str, overwrite: bool) -> None:
     write_image(vol, path, dtype=dtype, overwrite=overwrite)
 
 
-def _write_qa_json(result, path: Path, source: Path, target: Path, translator, overwrite: bool) -> None:
+def _write_qa_json(result, path: Path, source: Path, target: Path) -> None:
     from synthct.io.atomic import atomic_write_text
 
     summary = {"input": str(source), "output": str(target), **result.summary.to_dict()}

@@ -127,8 +127,8 @@ def _base_dataset(vol: Volume, source: Volume | None, series_description: str, n
     sx, sy, sz = (float(s) for s in vol.spacing)
     ds.PixelSpacing = [_ds(sy), _ds(sx)]  # row spacing (between rows, along y), then column spacing
     ds.SliceThickness = _ds(sz)
-    if vol.shape[0] > 1:
-        ds.SpacingBetweenSlices = _ds(sz)
+    # Also for a single slice: GDCM (SimpleITK) takes a lone slice's z spacing from here.
+    ds.SpacingBetweenSlices = _ds(sz)
     return ds
 
 

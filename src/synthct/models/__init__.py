@@ -9,7 +9,7 @@ from torch import nn
 
 from synthct.config import ModelConfig
 from synthct.errors import SynthctError
-from synthct.models.common import init_weights, set_requires_grad
+from synthct.models.common import centre_channel, init_weights, set_requires_grad
 from synthct.models.cut import CUT
 from synthct.models.cyclegan import CycleGAN
 from synthct.models.discriminator import PatchDiscriminator, receptive_field
@@ -46,6 +46,6 @@ def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Mod
 
 __all__ = [
     "CUT", "CycleGAN", "GANLoss", "ImagePool", "MINDLoss", "NGFLoss", "PatchDiscriminator",
-    "PatchNCELoss", "Pix2Pix", "ResnetGenerator", "UnetGenerator", "build_model", "init_weights",
+    "PatchNCELoss", "Pix2Pix", "ResnetGenerator", "UnetGenerator", "build_model", "centre_channel", "init_weights",
     "receptive_field", "set_requires_grad",
 ]
