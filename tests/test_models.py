@@ -219,7 +219,7 @@ def optimisation_step(model: nn.Module, batch: dict) -> dict:
 @pytest.mark.parametrize("model", [
     lambda: build_model(tiny(struct_loss="ngf", lambda_struct=0.5), 3, 3),
     lambda: build_model(tiny(gan_mode="hinge", lambda_identity=0.0), 1, 1),
-    lambda: Pix2Pix(tiny(name="pix2pix", generator="unet"), 1, 1, unet_downs=5),
+    lambda: Pix2Pix(tiny(name="pix2pix", generator="unet", unet_downs=5), 1, 1),
     lambda: build_model(tiny(name="pix2pix", gan_mode="vanilla"), 3, 1),
     lambda: build_model(tiny(name="cut"), 1, 1),
     lambda: build_model(tiny(name="cut", nce_idt=False, blocks=6), 1, 1),

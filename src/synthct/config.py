@@ -40,6 +40,7 @@ class ModelConfig:
     ngf: int = 64
     ndf: int = 64
     blocks: int = 9  # residual blocks of the ResNet generator (6 or 9 in the paper)
+    unet_downs: int = 8  # U-Net depth: 8 for 256x256 slices (sizes must be multiples of 2**unet_downs)
     d_layers: int = 3  # PatchGAN depth: 3 gives the 70x70 receptive field
     gan_mode: str = "lsgan"  # lsgan | vanilla | hinge
     lambda_cycle: float = 10.0

@@ -14,6 +14,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,9 +138,13 @@ class Trainer:
 
     def _advance(self) -> None:
         self.step_index += 1
-        self.sched_g.step()
-        if self.sched_d:
-            self.sched_d.step()
+        with warnings.catch_warnings():
+            # The schedule follows steps taken, also when GradScaler or nan_policy=skip left out
+            # an optimiser update; torch warns about exactly that order.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.sched_g.step()
+            if self.sched_d:
+                self.sched_d.step()
 
     def _backward(self, loss: torch.Tensor, params: list[nn.Parameter]) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()

@@ -41,13 +41,13 @@ def new_pool_seed() -> int:
 
 
 class CycleGAN(nn.Module):
-    def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int, unet_downs: int = 8):
+    def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int):
         super().__init__()
         if cfg.lambda_identity > 0 and in_channels != out_channels:
             raise ValueError("the identity loss needs MR and CT with the same number of channels, "
                              f"got {in_channels} and {out_channels}")
-        self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, unet_downs)
-        self.F = build_generator(cfg.generator, out_channels, in_channels, cfg.ngf, cfg.blocks, unet_downs)
+        self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, cfg.unet_downs)
+        self.F = build_generator(cfg.generator, out_channels, in_channels, cfg.ngf, cfg.blocks, cfg.unet_downs)
         self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers)
         self.D_mr = PatchDiscriminator(in_channels, cfg.ndf, cfg.d_layers)
         for net in (self.G, self.F, self.D_ct, self.D_mr):
