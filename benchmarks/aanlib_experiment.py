@@ -1,0 +1,560 @@
+"""The real-scan experiment of issue 7: Harvard AANLIB CT / MR slice pairs.
+
+Protocol (fixed by the issue):
+
+* train on the ``train`` split of ``splits.csv`` (6 patients, 108 slice pairs) *unpaired*: the
+  MR and CT slices go into two folders, each shuffled and renamed on its own
+  (``mr_000.png``, ``ct_000.png``, ...), so neither names nor sorted order can leak the pairing.
+  pix2pix, the paired upper bound, gets the true pairs (``train_pairs/mr`` and ``train_pairs/ct``
+  with identical names, read with ``data.paired=true``);
+* translate the ``test`` split (patients 160 and 410, 38 slices) MR -> CT;
+* score the synthetic CT against the real CT of the same slice on the 0..255 scale with
+  :func:`synthct.eval.metrics.eight_bit_metrics`: MAE, PSNR, SSIM over the whole slice and
+  inside the head mask :func:`synthct.eval.metrics.head_mask_8bit` of the *test MR* slice;
+* metrics are computed per slice and then averaged over the 38 test slices.
+
+The synthetic CT is rounded and clipped to 0..255 before scoring, as if saved as an 8-bit PNG
+like the reference CTs.
+
+The data carry no licence: everything this script writes from them (copied slices, runs,
+per-slice results, plots) goes under ``--work`` (default ``experiments/aanlib``, git-ignored).
+
+Subcommands: ``prepare``, ``baselines``, ``train``, ``evaluate``, ``curve``, ``table``; run
+``python benchmarks/aanlib_experiment.py COMMAND --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from synthct.errors import SynthctError
+from synthct.eval.metrics import EIGHT_BIT_METRICS, eight_bit_metrics, head_mask_8bit
+from synthct.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path("/work/shared/data/harvard_aanlib_ct_mri_pairs")
+DEFAULT_WORK = REPO / "experiments" / "aanlib"
+SPLIT_COLUMNS = ("id", "case", "slice", "split")
+PREPARED_FOLDERS = ("train_mr", "train_ct", "train_pairs", "test_mr", "test_ct")
+MANIFEST = "prepare.json"
+CONSTANT_GREY = 110.0  # the issue's constant baseline inside the head
+SNAPSHOT_PATTERN = re.compile(r"generator_mr2ct_step(\d+)\.safetensors")
+PRESETS = {"cyclegan": REPO / "configs" / "aanlib_cyclegan.yaml",
+           "pix2pix": REPO / "configs" / "aanlib_pix2pix.yaml"}
+PROTOCOL = ("MR->CT on the AANLIB test split (cases 160 and 410, 38 slices), 0..255 scale; "
+            "metrics per slice, then the mean over the 38 slices; head = head_mask_8bit of the test MR "
+            "(MR > 10, closing x3, holes filled, largest component, dilated by 5 px); synthetic CT "
+            "rounded and clipped to 0..255")
+
+# Published numbers of the reference implementation on this split (issue 7); "head_" = in the head mask.
+REFERENCE_ROWS = (
+    ("reference CycleGAN (published)", "unpaired",
+     {"head_mae": 82.6, "head_psnr": 7.3, "head_ssim": 0.15, "mae": 42.1, "psnr": 10.5, "ssim": 0.51}),
+    ("reference pix2pix (published, upper bound)", "paired",
+     {"head_mae": 55.9, "head_psnr": 9.5, "head_ssim": 0.31, "mae": 27.8, "psnr": 12.5, "ssim": 0.63}),
+    ("MR as CT (published)", "none", {"head_mae": 84.1}),
+    (f"constant {CONSTANT_GREY:g} in the head (published)", "none", {"head_mae": 75.2}),
+)
+TABLE_COLUMNS = (("head_mae", "head MAE", 1), ("head_psnr", "head PSNR (dB)", 1), ("head_ssim", "head SSIM", 2),
+                 ("mae", "MAE", 1), ("psnr", "PSNR (dB)", 1), ("ssim", "SSIM", 2))
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class SliceRow:
+    id: str
+    case: str
+    slice: int
+    split: str
+
+
+def read_splits(data_root: Path) -> list[SliceRow]:
+    """The rows of ``splits.csv``; every id must have both ``CT/<id>.png`` and ``MRI/<id>.png``."""
+    path = Path(data_root) / "splits.csv"
+    if not path.is_file():
+        raise SynthctError("splits.csv not found (is this the AANLIB data folder?)", path)
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in SPLIT_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SynthctError(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                               f"(expected {', '.join(SPLIT_COLUMNS)})", path)
+        try:
+            rows = [SliceRow(r["id"].strip(), r["case"].strip(), int(r["slice"]), r["split"].strip())
+                    for r in reader]
+        except ValueError as exc:
+            raise SynthctError(f"bad slice number ({exc})", path) from None
+    for row in rows:
+        for folder in ("CT", "MRI"):
+            if not (Path(data_root) / folder / f"{row.id}.png").is_file():
+                raise SynthctError(f"{folder}/{row.id}.png listed in splits.csv is missing", data_root)
+    for split in ("train", "test"):
+        if not any(r.split == split for r in rows):
+            raise SynthctError(f"no '{split}' rows", path)
+    return rows
+
+
+def read_8bit(path: Path) -> np.ndarray:
+    """A 2D 8-bit picture as a float64 (y, x) array."""
+    from synthct.io.image import read_image
+
+    vol = read_image(path)
+    if not vol.is_2d:
+        raise SynthctError(f"expected a 2D picture, got shape {vol.shape}", path)
+    return vol.array[0].astype(np.float64)
+
+
+def _copy(source: Path, target: Path) -> None:
+    atomic_write_bytes(target, source.read_bytes())
+
+
+def prepare(data_root: Path, work: Path, seed: int = 0, overwrite: bool = False) -> dict:
+    """Copy the slices into the experiment's folders (see the module docstring); returns the manifest.
+
+    Copies, not links: the work folder then also runs where the data folder is not mounted.
+    """
+    data_root, work = Path(data_root), Path(work)
+    rows = read_splits(data_root)
+    existing = [work / name for name in PREPARED_FOLDERS + (MANIFEST,) if (work / name).exists()]
+    if existing and not overwrite:
+        raise SynthctError("already prepared; use --overwrite to prepare again", existing[0])
+    for path in existing:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    train = [r for r in rows if r.split == "train"]
+    test = [r for r in rows if r.split == "test"]
+    rng = random.Random(seed)
+    for modality, source_folder, prefix in (("mr", "MRI", "mr"), ("ct", "CT", "ct")):
+        order = [r.id for r in train]
+        rng.shuffle(order)  # one draw per modality: MR and CT orders are independent
+        for index, slice_id in enumerate(order):
+            _copy(data_root / source_folder / f"{slice_id}.png", work / f"train_{modality}" / f"{prefix}_{index:03d}.png")
+    for r in train:
+        _copy(data_root / "MRI" / f"{r.id}.png", work / "train_pairs" / "mr" / f"{r.id}.png")
+        _copy(data_root / "CT" / f"{r.id}.png", work / "train_pairs" / "ct" / f"{r.id}.png")
+    for r in test:
+        _copy(data_root / "MRI" / f"{r.id}.png", work / "test_mr" / f"{r.id}.png")
+        _copy(data_root / "CT" / f"{r.id}.png", work / "test_ct" / f"{r.id}.png")
+    manifest = {
+        "data_root": str(data_root), "seed": seed,
+        "train_cases": sorted({r.case for r in train}, key=int), "train_slices": len(train),
+        "test_cases": sorted({r.case for r in test}, key=int),
+        "test": [{"id": r.id, "case": r.case, "slice": r.slice} for r in test],
+    }
+    atomic_write_text(work / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(work: Path) -> dict:
+    path = Path(work) / MANIFEST
+    if not path.is_file():
+        raise SynthctError(f"not prepared (no {MANIFEST}); run the prepare subcommand first", work)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@dataclass
+class TestSlice:
+    id: str
+    case: str
+    mr_path: Path
+    mr: np.ndarray
+    ct: np.ndarray
+    head: np.ndarray
+
+
+def load_test_set(work: Path) -> list[TestSlice]:
+    work = Path(work)
+    slices = []
+    for entry in read_manifest(work)["test"]:
+        mr_path = work / "test_mr" / f"{entry['id']}.png"
+        mr = read_8bit(mr_path)
+        ct = read_8bit(work / "test_ct" / f"{entry['id']}.png")
+        if mr.shape != ct.shape:
+            raise SynthctError(f"MR is {mr.shape} but its CT is {ct.shape}", mr_path)
+        slices.append(TestSlice(entry["id"], entry["case"], mr_path, mr, ct, head_mask_8bit(mr)))
+    return slices
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _means(per_slice: list[dict]) -> dict[str, float]:
+    return {k: float(np.mean([row[k] for row in per_slice])) for k in EIGHT_BIT_METRICS}
+
+
+def score(predictions: dict[str, np.ndarray], test: list[TestSlice], name: str, description: str = "") -> dict:
+    """Per-slice 8-bit metrics of ``predictions`` (id -> synthetic CT), their means over all
+    slices and per case; predictions are rounded and clipped to 0..255 first."""
+    per_slice = []
+    for item in test:
+        pred = np.clip(np.rint(predictions[item.id]), 0, 255)
+        per_slice.append({"id": item.id, "case": item.case} | eight_bit_metrics(pred, item.ct, item.head))
+    cases = sorted({item.case for item in test}, key=int)
+    return {
+        "name": name, "description": description, "protocol": PROTOCOL, "n_slices": len(per_slice),
+        "means": _means(per_slice),
+        "case_means": {c: _means([row for row in per_slice if row["case"] == c]) for c in cases},
+        "per_slice": per_slice,
+    }
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def training_ct_head_pixels(work: Path) -> np.ndarray:
+    """In-head pixels of all training CTs, pooled. The head of a CT is found on the CT itself
+    (:func:`head_mask_8bit`; the head-holder arc is a separate, smaller component), never
+    through its MR: the baselines respect the unpaired protocol too."""
+    values = []
+    for path in sorted((Path(work) / "train_ct").glob("*.png")):
+        ct = read_8bit(path)
+        values.append(ct[head_mask_8bit(ct)])
+    if not values:
+        raise SynthctError("no training CT slices; run prepare", Path(work) / "train_ct")
+    return np.concatenate(values)
+
+
+def best_constant(test: list[TestSlice]) -> int:
+    """The grey level c (0..255) inside the head that minimises the mean over slices of the
+    in-head MAE. An oracle: it looks at the test CTs; for reference only."""
+    levels = np.arange(256, dtype=np.float64)
+    mean_mae = np.zeros(256)
+    for item in test:
+        counts = np.bincount(np.clip(np.rint(item.ct[item.head]), 0, 255).astype(np.int64), minlength=256)
+        mean_mae += np.abs(levels[:, None] - levels[None, :]) @ counts / counts.sum()
+    return int(np.argmin(mean_mae))
+
+
+def constant_in_head(test: list[TestSlice], grey: float) -> dict[str, np.ndarray]:
+    """``grey`` inside the head mask, 0 (air) outside."""
+    return {item.id: np.where(item.head, grey, 0.0) for item in test}
+
+
+def histogram_matched(test: list[TestSlice], ct_head_pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Each test MR slice's in-head pixels mapped monotonically so that their histogram matches
+    the pooled in-head histogram of the training CTs (skimage ``match_histograms``); 0 outside.
+    Restricting both sides to the head keeps the background (most of a slice) from dominating
+    either histogram."""
+    from skimage.exposure import match_histograms
+
+    predictions = {}
+    for item in test:
+        pred = np.zeros_like(item.mr)
+        pred[item.head] = match_histograms(item.mr[item.head], ct_head_pixels)
+        predictions[item.id] = pred
+    return predictions
+
+
+def baselines(work: Path) -> dict:
+    """Scores of the translation-free baselines on the test split."""
+    test = load_test_set(work)
+    ct_pixels = training_ct_head_pixels(work)
+    train_median = float(np.median(ct_pixels))
+    oracle = best_constant(test)
+    runs = [
+        ("mr_as_ct", "the test MR itself used as the synthetic CT", {t.id: t.mr for t in test}),
+        ("histogram_matched", "test MR, in-head histogram matched to the pooled in-head histogram of the "
+                              "training CTs (per slice; 0 outside the head)", histogram_matched(test, ct_pixels)),
+        ("constant_110", f"constant {CONSTANT_GREY:g} inside the head, 0 outside",
+         constant_in_head(test, CONSTANT_GREY)),
+        ("constant_train_median", f"median in-head grey of the training CTs ({train_median:g}) inside the "
+                                  "head, 0 outside", constant_in_head(test, train_median)),
+        ("constant_best_oracle", f"best constant inside the head ({oracle}, chosen on the test CTs: an "
+                                 "oracle), 0 outside", constant_in_head(test, oracle)),
+    ]
+    return {"protocol": PROTOCOL, "train_ct_head_median": train_median, "best_constant": oracle,
+            "baselines": {name: score(preds, test, name, text) for name, text, preds in runs}}
+
+
+# --------------------------------------------------------------------------- synthct runs
+
+
+def translate_test_set(generator_ref: Path, test: list[TestSlice], device: str = "auto") -> dict[str, np.ndarray]:
+    """MR -> CT with a synthct generator (run folder or ``.safetensors``) slice by slice."""
+    from synthct.io.image import read_image
+    from synthct.translate.translator import Translator
+
+    translator = Translator(generator_ref, "mr2ct", device=device)
+    return {item.id: translator.translate_volume(read_image(item.mr_path)).array[0] for item in test}
+
+
+def evaluate(work: Path, generator_ref: Path, name: str, device: str = "auto",
+             test: list[TestSlice] | None = None) -> dict:
+    test = test if test is not None else load_test_set(work)
+    result = score(translate_test_set(generator_ref, test, device), test, name, f"synthct generator {generator_ref}")
+    sidecar = Path(generator_ref) / "generator_mr2ct.json" if Path(generator_ref).is_dir() \
+        else Path(generator_ref).with_suffix(".json")
+    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    result["generator"] = {"path": str(generator_ref), "step": meta.get("step"), "epoch": meta.get("epoch"),
+                           "sha256": meta.get("sha256"), "model": meta.get("model")}
+    return result
+
+
+def find_snapshots(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, weights) of ``RUN_DIR/snapshots/generator_mr2ct_step{N}.safetensors`` by step;
+    the run's final generator joins when no snapshot has its step."""
+    run_dir = Path(run_dir)
+    found = {}
+    snapshots = run_dir / "snapshots"
+    if snapshots.is_dir():
+        for path in snapshots.iterdir():
+            match = SNAPSHOT_PATTERN.fullmatch(path.name)
+            if match and path.with_suffix(".json").is_file():
+                found[int(match.group(1))] = path
+    final = run_dir / "generator_mr2ct.safetensors"
+    if final.is_file() and final.with_suffix(".json").is_file():
+        step = json.loads(final.with_suffix(".json").read_text(encoding="utf-8")).get("step")
+        if isinstance(step, int) and step not in found:
+            found[step] = final
+    if not found:
+        raise SynthctError("no MR->CT generator snapshots (snapshots/generator_mr2ct_step{N}.safetensors) "
+                           "or final generator in this run", run_dir)
+    return sorted(found.items())
+
+
+def elapsed_by_step(log_csv: Path) -> dict[int, float]:
+    """Training seconds at the end of each logged step (``log.csv``: step, elapsed_s)."""
+    if not Path(log_csv).is_file():
+        raise SynthctError("training log not found", log_csv)
+    with open(log_csv, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not {"step", "elapsed_s"} <= set(reader.fieldnames or []):
+            raise SynthctError("log has no step / elapsed_s columns", log_csv)
+        return {int(row["step"]): float(row["elapsed_s"]) for row in reader}
+
+
+def curve(work: Path, run_dir: Path, device: str = "auto") -> dict:
+    """Test-set scores of every generator snapshot of a run against its training minutes."""
+    run_dir = Path(run_dir)
+    elapsed = elapsed_by_step(run_dir / "log.csv")
+    test = load_test_set(work)
+    points = []
+    for step, weights in find_snapshots(run_dir):
+        if step not in elapsed and step != 0:
+            raise SynthctError(f"step {step} of {weights.name} is not in log.csv", run_dir / "log.csv")
+        result = evaluate(work, weights, f"{run_dir.name} step {step}", device, test)
+        points.append({"step": step, "minutes": elapsed.get(step, 0.0) / 60, "generator": str(weights),
+                       "means": result["means"]})
+    return {"run": str(run_dir), "protocol": PROTOCOL, "points": points}
+
+
+def plot_curve(curve_result: dict, reference_lines: dict[str, float], path: Path) -> None:
+    """Head MAE against training minutes, with horizontal reference lines (PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.0), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    minutes = [p["minutes"] for p in curve_result["points"]]
+    head_mae = [p["means"]["head_mae"] for p in curve_result["points"]]
+    axes.plot(minutes, head_mae, "o-", color="black", label="synthct")
+    for (label, value), style in zip(reference_lines.items(), ("--", ":", "-.", (0, (5, 1)), (0, (1, 3)))):
+        axes.axhline(value, linestyle=style, linewidth=1, color="grey")
+        axes.annotate(f"{label} {value:.1f}", (0, value), xycoords=("axes fraction", "data"),
+                      xytext=(3, 2), textcoords="offset points", fontsize=7, color="dimgrey")
+    axes.set_xlabel("training time (minutes)")
+    axes.set_ylabel("head MAE (0..255, mean over 38 test slices)")
+    axes.set_title(f"AANLIB test split, MR -> CT: {Path(curve_result['run']).name}", fontsize=9)
+    axes.grid(alpha=0.3)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def reference_lines(work: Path) -> dict[str, float]:
+    lines = {"ref. CycleGAN": REFERENCE_ROWS[0][2]["head_mae"], "ref. pix2pix": REFERENCE_ROWS[1][2]["head_mae"]}
+    baseline_file = Path(work) / "results" / "baselines.json"
+    if baseline_file.is_file():
+        found = json.loads(baseline_file.read_text(encoding="utf-8"))["baselines"]
+        lines |= {"MR as CT": found["mr_as_ct"]["means"]["head_mae"],
+                  f"constant {CONSTANT_GREY:g}": found["constant_110"]["means"]["head_mae"]}
+    return lines
+
+
+def train_run(work: Path, model: str, run_dir: Path, minutes: float, overrides: list[str],
+              overwrite: bool = False) -> int:
+    """Train a preset on the prepared folders (CycleGAN unpaired, pix2pix on the true pairs)."""
+    from synthct.config import apply_overrides, load_config
+    from synthct.engine.trainer import train
+
+    work = Path(work)
+    read_manifest(work)
+    cfg = apply_overrides(load_config(PRESETS[model]), overrides)
+    if model == "pix2pix":
+        cfg.data.mr, cfg.data.ct, cfg.data.paired = str(work / "train_pairs" / "mr"), str(work / "train_pairs" / "ct"), True
+    else:
+        cfg.data.mr, cfg.data.ct, cfg.data.paired = str(work / "train_mr"), str(work / "train_ct"), False
+    cfg.data.root = None
+    cfg.train.max_minutes = minutes
+    return train(cfg, run_dir, overwrite=overwrite).exit_code
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(ours: list[tuple[str, str, dict]], baseline_result: dict | None) -> str:
+    """Docs-ready Markdown: our runs, our baselines and the reference's published numbers."""
+    rows = list(ours)
+    if baseline_result is not None:
+        labels = {"mr_as_ct": "MR as CT", "histogram_matched": "MR histogram-matched to training CT",
+                  "constant_110": f"constant {CONSTANT_GREY:g} in the head",
+                  "constant_train_median": "constant = training-CT median in the head",
+                  "constant_best_oracle": "best constant in the head (oracle)"}
+        for key, result in baseline_result["baselines"].items():
+            rows.append((labels.get(key, key), "none", result["means"]))
+    rows.extend(REFERENCE_ROWS)
+    header = "| method | pairing | " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
+    for label, pairing, means in rows:
+        cells = [_cell(means.get(key), digits) for key, _, digits in TABLE_COLUMNS]
+        lines.append(f"| {label} | {pairing} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _write_json(path: Path, data: dict, overwrite: bool) -> None:
+    if Path(path).exists() and not overwrite:
+        raise SynthctError("exists; use --overwrite to replace it", path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _summary(result: dict) -> str:
+    m = result["means"]
+    return (f"{result['name']:<24} head MAE {m['head_mae']:6.2f}  head PSNR {m['head_psnr']:5.2f}  "
+            f"head SSIM {m['head_ssim']:.3f}  MAE {m['mae']:6.2f}  PSNR {m['psnr']:5.2f}  SSIM {m['ssim']:.3f}")
+
+
+def _labelled(items: list[str]) -> list[tuple[str, Path]]:
+    pairs = []
+    for item in items:
+        if "=" not in item:
+            raise SynthctError(f"--result expects LABEL=RESULT.json, got '{item}'")
+        label, path = item.split("=", 1)
+        pairs.append((label, Path(path)))
+    return pairs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aanlib_experiment", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"experiment folder (default {DEFAULT_WORK})")
+        return p
+
+    p = command("prepare", "copy the split into unpaired training folders, paired folders and the test set")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="AANLIB folder with CT/, MRI/, splits.csv")
+    p.add_argument("--seed", type=int, default=0, help="seed of the independent MR and CT shuffles")
+    p.add_argument("--overwrite", action="store_true")
+    p = command("baselines", "score MR-as-CT, histogram matching and constant baselines")
+    p.add_argument("--overwrite", action="store_true")
+    p = command("train", "train a preset on the prepared folders with a wall-clock budget")
+    p.add_argument("--model", choices=tuple(PRESETS), default="cyclegan")
+    p.add_argument("--run", type=Path, help="run folder (default WORK/runs/<model>)")
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget (default 60)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set data.size=64 (repeatable)")
+    p.add_argument("--overwrite", action="store_true")
+    p = command("evaluate", "translate the 38 test MR slices with a run's generator and score them")
+    p.add_argument("--run", type=Path, required=True, help="run folder or generator .safetensors")
+    p.add_argument("--out", type=Path, help="result JSON (default WORK/results/<run name>.json)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p = command("curve", "score every generator snapshot of a run and plot head MAE against minutes")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p = command("table", "Markdown table of results, baselines and the reference's published numbers")
+    p.add_argument("--result", action="append", default=[], metavar="LABEL=RESULT.json",
+                   help="an evaluate result with its row label (repeatable)")
+    p.add_argument("--pairing", action="append", default=[], metavar="LABEL=PAIRING",
+                   help="pairing column of a --result row (default: unpaired)")
+    p.add_argument("--out", type=Path, help="write the table here (default: print it)")
+    p.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    work = args.work
+    results = work / "results"
+    if args.command == "prepare":
+        manifest = prepare(args.data, work, args.seed, args.overwrite)
+        print(f"prepared {manifest['train_slices']} training slices (cases {', '.join(manifest['train_cases'])}) "
+              f"and {len(manifest['test'])} test slices (cases {', '.join(manifest['test_cases'])}) in {work}")
+    elif args.command == "baselines":
+        found = baselines(work)
+        _write_json(results / "baselines.json", found, args.overwrite)
+        for result in found["baselines"].values():
+            print(_summary(result))
+        print(f"per-slice means over {next(iter(found['baselines'].values()))['n_slices']} test slices; "
+              f"written to {results / 'baselines.json'}")
+    elif args.command == "train":
+        run_dir = args.run or work / "runs" / args.model
+        return train_run(work, args.model, run_dir, args.minutes, args.overrides, args.overwrite)
+    elif args.command == "evaluate":
+        out = args.out or results / f"{args.run.stem if args.run.is_file() else args.run.name}.json"
+        if out.exists() and not args.overwrite:
+            raise SynthctError("exists; use --overwrite to replace it", out)
+        result = evaluate(work, args.run, args.run.name, args.device)
+        _write_json(out, result, args.overwrite)
+        print(_summary(result))
+        print(f"written to {out}")
+    elif args.command == "curve":
+        points_file = results / f"curve_{args.run.name}.json"
+        plot_file = results / f"curve_{args.run.name}.png"
+        if points_file.exists() and not args.overwrite:
+            raise SynthctError("exists; use --overwrite to replace it", points_file)
+        found = curve(work, args.run, args.device)
+        _write_json(points_file, found, args.overwrite)
+        plot_curve(found, reference_lines(work), plot_file)
+        for point in found["points"]:
+            print(f"step {point['step']:>7}  {point['minutes']:7.1f} min  head MAE {point['means']['head_mae']:.2f}")
+        print(f"written to {points_file} and {plot_file}")
+    elif args.command == "table":
+        pairing = dict(_labelled(args.pairing))
+        ours = []
+        for label, path in _labelled(args.result):
+            if not path.is_file():
+                raise SynthctError("result not found", path)
+            ours.append((label, str(pairing.get(label, "unpaired")), json.loads(path.read_text(encoding="utf-8"))["means"]))
+        baseline_file = results / "baselines.json"
+        baseline_result = json.loads(baseline_file.read_text(encoding="utf-8")) if baseline_file.is_file() else None
+        table = markdown_table(ours, baseline_result)
+        if args.out:
+            if args.out.exists() and not args.overwrite:
+                raise SynthctError("exists; use --overwrite to replace it", args.out)
+            atomic_write_text(args.out, table)
+        else:
+            print(table, end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except SynthctError as exc:
+        print(f"aanlib_experiment: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
