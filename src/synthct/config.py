@@ -66,7 +66,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     compile: bool = False
-    max_minutes: float | None = None  # wall-clock budget; training stops (and saves) when spent
+    max_minutes: float | None = None  # wall-clock budget; training stops (and saves) when spent.
+    # With a budget and neither steps nor epochs, the lr schedule follows the clock instead of steps.
+    snapshot_minutes: float | None = None  # keep a copy of the generators every N minutes (learning curves)
     log_every: int = 10
     sample_every: int = 200
     checkpoint_every: int = 500

@@ -1,8 +1,8 @@
 """Training engine: loop, checkpoints, precision, data parallelism, logging.
 
-Presets: ``--config NAME`` looks for ``NAME.yaml`` in the package's ``synthct/configs/`` (when
-the presets are packaged there) and then in the repository's ``configs/`` folder; anything that
-is an existing file is read as a YAML config. Importing this package does not import torch.
+Presets: ``--config NAME`` reads ``NAME.yaml`` from the package's ``synthct/configs/`` (the
+repository's ``configs/`` points there); anything that is an existing file is read as a YAML
+config. Importing this package does not import torch.
 """
 
 from __future__ import annotations
@@ -14,20 +14,10 @@ from pathlib import Path
 from synthct.config import RunConfig, load_config
 from synthct.errors import SynthctError
 
-REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
-
 
 def _preset_folders() -> list[Path]:
-    folders = []
-    try:
-        packaged = importlib.resources.files("synthct") / "configs"
-        if packaged.is_dir():
-            folders.append(Path(str(packaged)))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    if REPO_CONFIGS.is_dir():
-        folders.append(REPO_CONFIGS)
-    return folders
+    packaged = importlib.resources.files("synthct") / "configs"
+    return [Path(str(packaged))] if packaged.is_dir() else []
 
 
 def preset_names() -> list[str]:

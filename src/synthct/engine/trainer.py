@@ -49,6 +49,13 @@ def lr_factor(step: int, total_steps: int, decay_start: float) -> float:
     return max(0.0, 1.0 - (step - start) / max(1, total_steps - start))
 
 
+def lr_factor_at(progress: float, decay_start: float) -> float:
+    """The same schedule over a fraction of training done (a time budget's fraction spent)."""
+    if progress < decay_start:
+        return 1.0
+    return max(0.0, 1.0 - (progress - decay_start) / max(1e-9, 1.0 - decay_start))
+
+
 @dataclass
 class StepOutput:
     losses: dict[str, float]
@@ -91,6 +98,9 @@ class Trainer:
         self.env = env or ddp.DistEnv()
         self.total_steps = total_steps
         self.step_index = 0  # optimisation steps taken (skipped ones included)
+        # Set by a time-budgeted run before every step: the share of the budget spent. The lr
+        # schedule then follows the clock, so the decay ends when the budget does.
+        self.time_fraction: float | None = None
         self.skipped_steps = 0
         self.model = model.to(device=device, memory_format=torch.channels_last)
         ddp.broadcast_module(self.model, self.env)
@@ -99,7 +109,11 @@ class Trainer:
         betas = (cfg.train.beta1, cfg.train.beta2)
         self.opt_g = torch.optim.Adam(self.g_params, lr=cfg.train.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.d_params, lr=cfg.train.lr, betas=betas) if self.d_params else None
-        schedule = lambda step: lr_factor(step, total_steps, cfg.train.decay_start)  # noqa: E731
+        def schedule(step: int) -> float:
+            if self.time_fraction is not None:
+                return lr_factor_at(self.time_fraction, cfg.train.decay_start)
+            return lr_factor(step, total_steps, cfg.train.decay_start)
+
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, schedule)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, schedule) if self.opt_d else None
         self.scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
@@ -366,7 +380,6 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: 
 
 
 def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
-    started = time.monotonic()
     if env.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
     log = RunLogger(run_dir, enabled=env.is_main and not quiet, writes_files=env.is_main)
@@ -383,12 +396,17 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
     if steps_per_epoch < 1:
         raise SynthctError(f"only {len(dataset)} training slices for batch size {cfg.train.batch_size}"
                            f"{f' on {env.world_size} processes' if env.enabled else ''}")
+    budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
+    by_time = budget_s is not None and not cfg.train.steps and not cfg.train.epochs
     if cfg.train.steps:
         total_steps = cfg.train.steps
     elif cfg.train.epochs:
         total_steps = cfg.train.epochs * steps_per_epoch
+    elif by_time:
+        total_steps = 10**12  # the budget ends training
     else:
-        raise SynthctError("set the length of training: --steps N or --epochs N (train.steps / train.epochs)")
+        raise SynthctError("set the length of training: --steps N, --epochs N or --minutes M "
+                           "(train.steps / train.epochs / train.max_minutes)")
 
     model = _build_model(cfg, cfg.data.slices)
     trainer = Trainer(model, cfg, total_steps, device, precision, env)
@@ -407,7 +425,9 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
     log.say(f"training {cfg.model.name} ({cfg.model.generator}, ngf {cfg.model.ngf}) on {device}"
             f"{f' x{env.world_size} processes' if env.enabled else ''}: precision {precision.name} "
             f"({precision.reason}), {len(dataset)} slices {cfg.data.size}px x{cfg.data.slices}, "
-            f"batch {cfg.train.batch_size}, {steps_per_epoch} steps/epoch, {total_steps} steps"
+            f"batch {cfg.train.batch_size}, {steps_per_epoch} steps/epoch"
+            + (f", {cfg.train.max_minutes:g} min with the lr schedule following the clock" if by_time
+               else f", {total_steps} steps")
             + (f", resuming at step {trainer.step_index}" if resume else ""))
 
     def checkpoint() -> dict[str, Path]:
@@ -416,15 +436,31 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
             return {}
         log.flush()
         epoch = trainer.step_index // steps_per_epoch
-        state = trainer.state_dict() | {"epoch": epoch, "elapsed_s": elapsed_before + time.monotonic() - started}
+        state = trainer.state_dict() | {"epoch": epoch, "elapsed_s": elapsed_before + time.monotonic() - train_started}
         save_state(checkpoints, state)
         return export_generators(model, cfg, run_dir, dataset, trainer.step_index, epoch)
 
-    budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
+    def snapshot(step: int, epoch: int) -> None:
+        for direction, module in model.generators().items():
+            meta = generator_meta(cfg, module, direction, dataset, step, epoch)
+            save_generator(module, run_dir / "snapshots" / f"generator_{direction}_step{step:07d}", meta)
+
     stopped, last_losses, generators = "done", {}, {}
     saved_at = trainer.step_index if resume else -1
-    with _StopSignals() as signals, log.progress(total_steps, trainer.step_index) as bar:
+    train_started = time.monotonic()  # budgets count training, not data loading
+
+    def spent_s() -> float:
+        # A clock-driven schedule spans resumes; a step-driven budget is per invocation.
+        return (elapsed_before if by_time else 0.0) + time.monotonic() - train_started
+
+    snapshot_s = cfg.train.snapshot_minutes * 60 if cfg.train.snapshot_minutes else None
+    next_snapshot = (int(spent_s() // snapshot_s) + 1) * snapshot_s if snapshot_s else None
+    if snapshot_s and env.is_main and not resume:
+        snapshot(0, 0)
+    with _StopSignals() as signals, log.progress(None if by_time else total_steps, trainer.step_index) as bar:
         while trainer.step_index < total_steps:
+            if by_time:
+                trainer.time_fraction = min(1.0, spent_s() / budget_s)
             epoch, position = divmod(trainer.step_index, steps_per_epoch)
             dataset.set_epoch(epoch)
             order = ddp.shard(epoch_order(len(dataset), cfg.train.seed, epoch), env)
@@ -444,7 +480,7 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
             step = trainer.step_index
             if out.losses:
                 last_losses = out.losses
-            log.record(step=step, epoch=epoch, elapsed_s=elapsed_before + time.monotonic() - started, lr=lr,
+            log.record(step=step, epoch=epoch, elapsed_s=elapsed_before + time.monotonic() - train_started, lr=lr,
                        data_s=data_s, step_s=step_s, skipped=int(out.skipped), losses=out.losses)
             bar.update(1)
             if env.is_main and out.cache is not None and cfg.train.sample_every and step % cfg.train.sample_every == 0:
@@ -455,7 +491,11 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total_steps:
                 generators = checkpoint()
                 saved_at = step
-            over_budget = budget_s is not None and time.monotonic() - started >= budget_s
+            if next_snapshot is not None and spent_s() >= next_snapshot:
+                if env.is_main:
+                    snapshot(step, epoch)
+                next_snapshot += snapshot_s
+            over_budget = budget_s is not None and spent_s() >= budget_s
             if ddp.any_true(signals.received is not None or over_budget, env, device):
                 stopped = "signal" if signals.received is not None else "budget"
                 break
