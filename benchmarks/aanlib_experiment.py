@@ -469,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", "train a preset on the prepared folders with a wall-clock budget")
     p.add_argument("--model", choices=tuple(PRESETS), default="cyclegan")
     p.add_argument("--run", type=Path, help="run folder (default WORK/runs/<model>)")
-    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget (default 60)")
+    p.add_argument("--minutes", type=float, default=60.0,
+                   help="wall-clock budget; the lr schedule follows it (default 60)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set data.size=64 (repeatable)")
     p.add_argument("--overwrite", action="store_true")

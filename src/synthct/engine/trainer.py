@@ -319,6 +319,9 @@ def collate(dataset, indices: list[int]) -> dict[str, torch.Tensor]:
 def _build_model(cfg: RunConfig, channels: int) -> nn.Module:
     from synthct.models import build_model
 
+    if cfg.model.generator == "unet" and cfg.data.size % 2 ** cfg.model.unet_downs:
+        raise SynthctError(f"a U-Net with model.unet_downs={cfg.model.unet_downs} needs data.size to be a "
+                           f"multiple of {2 ** cfg.model.unet_downs}, got {cfg.data.size} (lower model.unet_downs)")
     try:
         return build_model(cfg.model, in_channels=channels, out_channels=channels)
     except ValueError as exc:

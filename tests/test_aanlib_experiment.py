@@ -1,0 +1,196 @@
+"""The AANLIB experiment scaffolding (benchmarks/aanlib_experiment.py) on a tiny fake data folder
+with the real layout (CT/<id>.png, MRI/<id>.png, splits.csv); never the real data."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from synthct.errors import SynthctError
+from synthct.eval.metrics import eight_bit_metrics, head_mask_8bit
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "aanlib_experiment.py"
+SIZE = 32
+CASES = {"20": "train", "200": "train", "160": "test"}
+SLICES_PER_CASE = 4
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("aanlib_experiment", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["aanlib_experiment"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+exp = _load_script()
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.uint8)), str(path))
+
+
+def _head(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """An MR / CT pair: a disc of head with random texture on black."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    radius = rng.integers(9, 13)
+    head = (yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2 < radius ** 2
+    mr = np.where(head, rng.integers(40, 200, (SIZE, SIZE)), 0)
+    ct = np.where(head, rng.integers(60, 256, (SIZE, SIZE)), rng.integers(0, 5, (SIZE, SIZE)))
+    return mr, ct
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("aanlib")
+    rng = np.random.default_rng(7)
+    with open(root / "splits.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "case", "slice", "split"])
+        for case, split in CASES.items():
+            for s in range(3, 3 + SLICES_PER_CASE):
+                slice_id = f"{case}{s:02d}"
+                mr, ct = _head(rng)
+                _write_png(root / "MRI" / f"{slice_id}.png", mr)
+                _write_png(root / "CT" / f"{slice_id}.png", ct)
+                writer.writerow([slice_id, case, s, split])
+    return root
+
+
+@pytest.fixture(scope="module")
+def work(data_root, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("work")
+    exp.prepare(data_root, work, seed=3)
+    return work
+
+
+def _bytes_by_name(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+def test_prepare_shuffles_each_modality_and_hides_the_pairing(data_root, work):
+    train_ids = [f"{c}{s:02d}" for c, split in CASES.items() if split == "train"
+                 for s in range(3, 3 + SLICES_PER_CASE)]
+    mr, ct = _bytes_by_name(work / "train_mr"), _bytes_by_name(work / "train_ct")
+    assert len(mr) == len(ct) == len(train_ids)
+    assert not set(mr) & set(f"{i}.png" for i in train_ids) and not set(ct) & set(f"{i}.png" for i in train_ids)
+    # Same slices, other order: every training picture is there exactly once ...
+    assert sorted(mr.values()) == sorted((data_root / "MRI" / f"{i}.png").read_bytes() for i in train_ids)
+    assert sorted(ct.values()) == sorted((data_root / "CT" / f"{i}.png").read_bytes() for i in train_ids)
+    # ... and the i-th MR and i-th CT in sorted order are not the pairs of the data set.
+    pair_of = {(data_root / "MRI" / f"{i}.png").read_bytes(): (data_root / "CT" / f"{i}.png").read_bytes()
+               for i in train_ids}
+    kept = sum(pair_of[m] == c for m, c in zip(mr.values(), ct.values()))
+    assert kept < len(train_ids) // 2
+    # No test slice in training; the paired folders hold the true pairs under the same names.
+    test_ids = [f"160{s:02d}" for s in range(3, 3 + SLICES_PER_CASE)]
+    assert sorted(p.stem for p in (work / "test_mr").glob("*.png")) == sorted(test_ids)
+    for name, data in _bytes_by_name(work / "train_pairs" / "mr").items():
+        assert pair_of[data] == (work / "train_pairs" / "ct" / name).read_bytes()
+    manifest = json.loads((work / "prepare.json").read_text())
+    assert manifest["test_cases"] == ["160"] and manifest["train_cases"] == ["20", "200"]
+
+
+def test_prepare_refuses_to_mix_with_an_earlier_preparation(data_root, work):
+    with pytest.raises(SynthctError, match="already prepared"):
+        exp.prepare(data_root, work)
+
+
+def test_bad_splits_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "splits.csv").write_text("id,case,split\n2004,20,train\n")
+    with pytest.raises(SynthctError, match="missing column slice"):
+        exp.read_splits(tmp_path)
+    assert exp.main(["prepare", "--data", str(tmp_path), "--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "splits.csv" in err
+
+
+def test_baselines_follow_the_protocol(work):
+    found = exp.baselines(work)["baselines"]
+    test = exp.load_test_set(work)
+    assert found["mr_as_ct"]["n_slices"] == len(test) == SLICES_PER_CASE
+    per_slice = [eight_bit_metrics(t.mr, t.ct, head_mask_8bit(t.mr)) for t in test]
+    assert found["mr_as_ct"]["means"]["head_mae"] == pytest.approx(np.mean([m["head_mae"] for m in per_slice]))
+    # Per-slice means, not pooled pixels: the slices have different head sizes.
+    pooled = np.mean(np.concatenate([np.abs(t.mr - t.ct)[t.head] for t in test]))
+    assert found["mr_as_ct"]["means"]["head_mae"] != pytest.approx(pooled, abs=1e-9)
+    constant = np.mean([np.abs(110 - t.ct[t.head]).mean() for t in test])
+    assert found["constant_110"]["means"]["head_mae"] == pytest.approx(constant)
+    oracle = found["constant_best_oracle"]["means"]["head_mae"]
+    for grey in (0, 60, 110, 157, 200, 255):
+        assert oracle <= np.mean([np.abs(grey - t.ct[t.head]).mean() for t in test]) + 1e-9
+
+
+def test_histogram_matching_maps_the_head_onto_the_training_ct_grey_levels(work):
+    test = exp.load_test_set(work)
+    ct_pixels = exp.training_ct_head_pixels(work)
+    matched = exp.histogram_matched(test, ct_pixels)
+    for t in test:
+        inside = matched[t.id][t.head]
+        assert np.all(matched[t.id][~t.head] == 0)
+        assert ct_pixels.min() <= inside.min() and inside.max() == pytest.approx(ct_pixels.max())
+        # Monotone: brighter MR stays brighter.
+        order = np.argsort(t.mr[t.head], kind="stable")
+        assert np.all(np.diff(inside[order]) >= 0)
+
+
+def test_snapshots_and_elapsed_minutes_are_found(tmp_path):
+    run = tmp_path / "run"
+    (run / "snapshots").mkdir(parents=True)
+    for step in (200, 50):
+        (run / "snapshots" / f"generator_mr2ct_step{step}.safetensors").write_bytes(b"w")
+        (run / "snapshots" / f"generator_mr2ct_step{step}.json").write_text("{}")
+    (run / "snapshots" / "generator_ct2mr_step50.safetensors").write_bytes(b"w")
+    (run / "snapshots" / "generator_mr2ct_step75.safetensors").write_bytes(b"no sidecar")
+    (run / "generator_mr2ct.safetensors").write_bytes(b"w")
+    (run / "generator_mr2ct.json").write_text(json.dumps({"step": 300}))
+    assert [(s, p.name) for s, p in exp.find_snapshots(run)] == [
+        (50, "generator_mr2ct_step50.safetensors"), (200, "generator_mr2ct_step200.safetensors"),
+        (300, "generator_mr2ct.safetensors")]
+    (run / "log.csv").write_text("step,epoch,elapsed_s,lr\n1,0,1.5,0.1\n50,0,60.0,0.1\n")
+    assert exp.elapsed_by_step(run / "log.csv") == {1: 1.5, 50: 60.0}
+    with pytest.raises(SynthctError, match="no MR->CT generator"):
+        exp.find_snapshots(tmp_path)
+
+
+def test_table_holds_our_rows_baselines_and_the_published_numbers(work):
+    table = exp.markdown_table([("synthct CycleGAN", "unpaired", {"head_mae": 70.04, "head_psnr": 9.0,
+                                                                  "head_ssim": 0.3, "mae": 30.0, "psnr": 12.0,
+                                                                  "ssim": 0.6})],
+                               exp.baselines(work))
+    lines = table.splitlines()
+    assert lines[2].startswith("| synthct CycleGAN | unpaired | 70.0 | 9.0 | 0.30 |")
+    assert any(line.startswith("| reference CycleGAN (published) | unpaired | 82.6 | 7.3 | 0.15 | 42.1 | 10.5 | 0.51")
+               for line in lines)
+    assert any(line.startswith("| MR as CT (published) | none | 84.1 | – |") for line in lines)
+    assert any(line.startswith("| MR as CT | none |") for line in lines)
+    assert len({line.count("|") for line in lines}) == 1
+
+
+@pytest.mark.slow
+def test_train_evaluate_curve_end_to_end(work, tmp_path):
+    run = tmp_path / "run"
+    code = exp.train_run(work, "cyclegan", run, minutes=5.0, overrides=[
+        "data.size=32", "model.ngf=4", "model.ndf=4", "model.blocks=1", "model.pool_size=2",
+        "train.steps=3", "train.epochs=null", "train.precision=fp32", "train.sample_every=0",
+        "train.checkpoint_every=0", "train.threads=1"])
+    assert code == 0
+    result = exp.evaluate(work, run, "tiny", device="cpu")
+    assert result["generator"]["step"] == 3
+    assert [row["id"] for row in result["per_slice"]] == [f"160{s:02d}" for s in range(3, 3 + SLICES_PER_CASE)]
+    assert 0 <= result["means"]["head_mae"] <= 255
+    points = exp.curve(work, run, device="cpu")["points"]
+    # The preset snapshots the untrained generator at step 0; the final generator closes the curve.
+    assert [(p["step"], p["minutes"]) for p in points][0] == (0, 0.0)
+    assert [p["step"] for p in points] == [0, 3] and points[-1]["means"] == result["means"]
+    plot = tmp_path / "curve.png"
+    exp.plot_curve({"run": str(run), "points": points}, exp.reference_lines(work), plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
