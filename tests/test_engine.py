@@ -240,3 +240,26 @@ def test_precision_choice_follows_the_hardware(monkeypatch):
     assert resolve_precision("bf16", cpu).dtype == torch.bfloat16
     with pytest.raises(SynthctError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", cpu)
+
+
+def test_clock_budget_drives_the_lr_schedule_and_snapshots(phantoms, tmp_path):
+    from synthct.engine.trainer import lr_factor_at
+
+    assert [lr_factor_at(p, 0.5) for p in (0.0, 0.49, 0.5, 0.75, 1.0)] == pytest.approx([1, 1, 1, 0.5, 0])
+    cfg = tiny_config(phantoms, steps=None, max_minutes=0.05, snapshot_minutes=0.01, clock="cpu")
+    result = train(cfg, tmp_path / "run", quiet=True)
+    assert result.stopped == "budget" and result.steps > 3
+    rows = log_rows(tmp_path / "run")
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(cfg.train.lr)
+    assert lrs[-1] < 0.5 * cfg.train.lr  # decayed along with the budget, not left at its start value
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    snapshots = sorted((tmp_path / "run" / "snapshots").glob("generator_mr2ct_step*.safetensors"))
+    assert snapshots[0].name == "generator_mr2ct_step0000000.safetensors" and len(snapshots) >= 2
+    module, meta = load_generator(snapshots[-1])
+    assert meta["direction"] == "mr2ct" and meta["step"] > 0
+
+
+def test_unknown_clock_is_a_clear_error(phantoms, tmp_path):
+    with pytest.raises(SynthctError, match="train.clock"):
+        train(tiny_config(phantoms, steps=2, clock="sundial"), tmp_path / "run", quiet=True)

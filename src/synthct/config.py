@@ -68,6 +68,7 @@ class TrainConfig:
     compile: bool = False
     max_minutes: float | None = None  # wall-clock budget; training stops (and saves) when spent.
     # With a budget and neither steps nor epochs, the lr schedule follows the clock instead of steps.
+    clock: str = "wall"  # wall | cpu: budgets in this process's CPU time / threads (fair on a busy machine)
     snapshot_minutes: float | None = None  # keep a copy of the generators every N minutes (learning curves)
     log_every: int = 10
     sample_every: int = 200
@@ -126,8 +127,9 @@ def _from_dict(cls, data: dict, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise SynthctError(f"unknown config key{'s' if len(unknown) > 1 else ''} "
-                           f"{', '.join(sorted(f'{where}.{k}'.lstrip('.') for k in unknown))}")
+        # Keys come from the user's file: show odd ones (newlines, control characters) escaped.
+        shown = sorted(f"{where}.{k if str(k).isprintable() else repr(k)}".lstrip(".") for k in unknown)
+        raise SynthctError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(shown)}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -162,6 +164,8 @@ def load_config(path: str | Path) -> RunConfig:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SynthctError(f"not valid YAML ({line})", path) from None
+    except RecursionError:
+        raise SynthctError("not valid YAML (nested too deeply)", path) from None
     try:
         return config_from_dict(data)
     except SynthctError as exc:

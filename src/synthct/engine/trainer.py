@@ -316,6 +316,17 @@ def collate(dataset, indices: list[int]) -> dict[str, torch.Tensor]:
     return {name: torch.stack([torch.as_tensor(item[name]) for item in items]) for name in items[0]}
 
 
+def _budget_clock(kind: str):
+    """Seconds for budgets and logs: wall time, or this process's CPU time per thread, which
+    gives a run on a shared machine the compute it would have had alone."""
+    if kind == "wall":
+        return time.monotonic
+    if kind == "cpu":
+        threads = torch.get_num_threads()
+        return lambda: time.process_time() / threads
+    raise SynthctError(f"unknown train.clock '{kind}' (use wall or cpu)")
+
+
 def _build_model(cfg: RunConfig, channels: int) -> nn.Module:
     from synthct.models import build_model
 
@@ -439,7 +450,7 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
             return {}
         log.flush()
         epoch = trainer.step_index // steps_per_epoch
-        state = trainer.state_dict() | {"epoch": epoch, "elapsed_s": elapsed_before + time.monotonic() - train_started}
+        state = trainer.state_dict() | {"epoch": epoch, "elapsed_s": elapsed_before + clock() - train_started}
         save_state(checkpoints, state)
         return export_generators(model, cfg, run_dir, dataset, trainer.step_index, epoch)
 
@@ -450,11 +461,12 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
 
     stopped, last_losses, generators = "done", {}, {}
     saved_at = trainer.step_index if resume else -1
-    train_started = time.monotonic()  # budgets count training, not data loading
+    clock = _budget_clock(cfg.train.clock)
+    train_started = clock()  # budgets count training, not data loading
 
     def spent_s() -> float:
         # A clock-driven schedule spans resumes; a step-driven budget is per invocation.
-        return (elapsed_before if by_time else 0.0) + time.monotonic() - train_started
+        return (elapsed_before if by_time else 0.0) + clock() - train_started
 
     snapshot_s = cfg.train.snapshot_minutes * 60 if cfg.train.snapshot_minutes else None
     next_snapshot = (int(spent_s() // snapshot_s) + 1) * snapshot_s if snapshot_s else None
@@ -483,7 +495,7 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
             step = trainer.step_index
             if out.losses:
                 last_losses = out.losses
-            log.record(step=step, epoch=epoch, elapsed_s=elapsed_before + time.monotonic() - train_started, lr=lr,
+            log.record(step=step, epoch=epoch, elapsed_s=elapsed_before + clock() - train_started, lr=lr,
                        data_s=data_s, step_s=step_s, skipped=int(out.skipped), losses=out.losses)
             bar.update(1)
             if env.is_main and out.cache is not None and cfg.train.sample_every and step % cfg.train.sample_every == 0:
@@ -510,12 +522,13 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
         log.say(f"stopped by {name} at step {trainer.step_index}; resumable state saved "
                 f"(synthct train --resume {run_dir})")
     elif stopped == "budget":
-        log.say(f"time budget of {cfg.train.max_minutes:g} min spent at step {trainer.step_index}/{total_steps}; "
+        log.say(f"time budget of {cfg.train.max_minutes:g} min spent at step {trainer.step_index}"
+                f"{'' if by_time else f'/{total_steps}'}; "
                 f"state saved (continue with synthct train --resume {run_dir})")
     if env.is_main:
         log.close()
         plot_loss_curves(read_log(run_dir / "log.csv"), run_dir / "loss_curves.png")
-        log.say(f"done: {trainer.step_index}/{total_steps} steps, data wait {log.data_wait_fraction():.0%} "
+        log.say(f"done: {trainer.step_index}{'' if by_time else f'/{total_steps}'} steps, data wait {log.data_wait_fraction():.0%} "
                 f"of step time, {trainer.skipped_steps} skipped; generators in {run_dir}")
     return TrainResult(run_dir=run_dir, steps=trainer.step_index, total_steps=total_steps, epoch=epoch,
                        stopped=stopped, signal=signals.received if stopped == "signal" else None,
