@@ -39,6 +39,9 @@ import numpy as np
 WORKER_MAX_VOXELS = 2**24
 WORKER_ADDRESS_SPACE = 6 * 2**30
 READ_TIMEOUT_S = 20.0
+# Fresh worker after this many reads: its address-space cap is meant to catch one absurd
+# allocation, not the slow growth of thousands of reads in one process.
+READS_PER_WORKER = 300
 
 FORMATS = ("nii", "nii.gz", "mha", "mhd", "nrrd", "nhdr", "dicom", "dicom-series", "png", "tiff", "npy")
 
@@ -416,17 +419,25 @@ def worker_main() -> None:
 class ReaderWorker:
     """A reader subprocess that survives its own crashes: a dead or hung worker is replaced."""
 
-    def __init__(self, timeout_s: float = READ_TIMEOUT_S):
+    def __init__(self, timeout_s: float = READ_TIMEOUT_S, max_voxels: int | None = WORKER_MAX_VOXELS):
+        """``max_voxels=None`` keeps synthct's production limit."""
         self.timeout_s = timeout_s
+        self.max_voxels = max_voxels
         self.process: subprocess.Popen | None = None
+        self.reads = 0
 
     def _start(self) -> subprocess.Popen:
-        env = dict(os.environ, SYNTHCT_MAX_VOXELS=str(WORKER_MAX_VOXELS), OMP_NUM_THREADS="1",
-                   ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
+        env.pop("SYNTHCT_MAX_VOXELS", None)
+        if self.max_voxels is not None:
+            env["SYNTHCT_MAX_VOXELS"] = str(self.max_voxels)
         return subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
 
     def read(self, path: Path) -> dict:
+        self.reads += 1
+        if self.reads % READS_PER_WORKER == 0:
+            self.close()
         if self.process is None or self.process.poll() is not None:
             self.process = self._start()
         proc = self.process

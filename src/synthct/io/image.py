@@ -9,6 +9,7 @@ pydicom reads the identifying DICOM tags that SimpleITK does not expose. Arrays 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -131,8 +132,18 @@ def volume_from_sitk(img: sitk.Image, path: str = "", fmt: str = "", dicom: dict
     vol.path = str(path)
     vol.source_dtype = source_dtype
     vol.dicom = dict(dicom or {})
+    _check_geometry(vol, path)
     _check_finite(vol.array, path)
     return vol
+
+
+def _check_geometry(vol: Volume, path) -> None:
+    # A corrupt header (or a series with one absurd slice position) yields Inf/NaN geometry
+    # that would silently poison every resampling and every written output.
+    if not all(np.isfinite(s) and s > 0 for s in vol.spacing):
+        raise SynthctError(f"invalid voxel spacing {tuple(vol.spacing)} in header", path)
+    if not (np.isfinite(vol.origin).all() and np.isfinite(vol.direction).all()):
+        raise SynthctError("non-finite origin or direction in header", path)
 
 
 def _rgb_to_gray(img: sitk.Image, path) -> sitk.Image:
@@ -202,23 +213,99 @@ def _dicom_tags(path: Path) -> dict:
     return tags
 
 
-def _check_size(size, path) -> None:
-    n = 1
+def _check_size(size, path, components: int = 1) -> None:
+    n = max(int(components), 1)
     for s in size:
         n *= int(s)
     if n > MAX_VOXELS or any(int(s) <= 0 for s in size):
         dims = " x ".join(str(int(s)) for s in size)
-        raise SynthctError(f"header claims {dims} voxels; refusing to allocate (limit {MAX_VOXELS} voxels)", path)
+        per_voxel = f" x {components} components" if components > 1 else ""
+        raise SynthctError(f"header claims {dims} voxels{per_voxel}; refusing to allocate "
+                           f"(limit {MAX_VOXELS} voxels)", path)
+
+
+# Text headers are checked in Python before SimpleITK sees them: MetaIO and NRRD readers
+# crash (segfault) on some malformed fields, and both formats can name a data file anywhere.
+_TEXT_HEADER_BYTES = 1 << 16
+_NRRD_MAX_LINE = 512  # NrrdIO overruns a fixed buffer on lines of about 1000 characters
+
+
+def _header_lines(path: Path) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_TEXT_HEADER_BYTES)
+    except OSError as exc:
+        raise SynthctError(f"cannot read ({exc.strerror})", path) from None
+    return head.decode("latin-1").split("\n")
+
+
+def _check_data_file_name(name: str, path: Path) -> None:
+    """A detached header may only name data files in its own folder or below it."""
+    parts = re.split(r"[\\/]", name)
+    if name.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+        raise SynthctError(f"header names data file '{name[:100]}' outside its folder; refusing to read it", path)
+
+
+def _check_data_file_field(value: str, following: list[str], path: Path) -> None:
+    value = value.strip()
+    if value.split()[:1] == ["LIST"]:
+        for name in following:
+            if name.strip():
+                _check_data_file_name(name.strip(), path)
+    elif "%" in value:  # a printf pattern followed by min max step (and maybe a sub-dimension)
+        _check_data_file_name(value.split()[0], path)
+    elif value:
+        _check_data_file_name(value, path)
+
+
+def _check_metaimage_header(path: Path) -> None:
+    lines = _header_lines(path)
+    fields = {}
+    for i, line in enumerate(lines):
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        key = key.strip()
+        fields.setdefault(key, value.strip())
+        if key == "ElementDataFile":
+            _check_data_file_field(value, lines[i + 1:], path)
+            break
+    ndims = fields.get("NDims", "")
+    if not re.fullmatch(r"[1-4]", ndims):
+        raise SynthctError(f"MetaImage header: NDims = '{ndims[:40]}'; expected 2, 3 or 4", path)
+    for key in ("DimSize", "ElementSpacing"):
+        values = fields.get(key, "").split()
+        if key in fields and len(values) < int(ndims):
+            raise SynthctError(f"MetaImage header: {key} has {len(values)} values for NDims = {ndims}", path)
+
+
+def _check_nrrd_header(path: Path) -> None:
+    lines = _header_lines(path)
+    if not lines[0].startswith("NRRD"):
+        raise SynthctError("not an NRRD file (no NRRD magic line)", path)
+    for i, line in enumerate(lines):
+        if line.strip() == "":
+            break
+        if len(line) > _NRRD_MAX_LINE:
+            raise SynthctError(f"NRRD header line {i + 1} is {len(line)} characters long; refusing it", path)
+        key, sep, value = line.partition(":")
+        if sep and key.strip().replace(" ", "") == "datafile":
+            _check_data_file_field(value.lstrip("="), lines[i + 1:], path)
 
 
 def _read_with_sitk(path: Path, fmt: str) -> sitk.Image:
+    suffix = _suffix(path)
+    if suffix in (".mha", ".mhd"):
+        _check_metaimage_header(path)
+    elif suffix in (".nrrd", ".nhdr"):
+        _check_nrrd_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise SynthctError(f"cannot read {fmt} header ({_first_line(exc)})", path) from None
-    _check_size(reader.GetSize(), path)
+    _check_size(reader.GetSize(), path, reader.GetNumberOfComponents())
     try:
         return reader.Execute()
     except RuntimeError as exc:
@@ -238,12 +325,18 @@ def read_dicom_series(folder: Path) -> Volume:
     files = _dicom_files(folder)
     if not files:
         raise SynthctError("no DICOM files in folder", folder)
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    try:
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as exc:
+        raise SynthctError(f"cannot scan DICOM series ({_first_line(exc)})", folder) from None
     if not series_ids:
         raise SynthctError("DICOM files present but none is a readable image series", folder)
     if len(series_ids) > 1:
         raise SynthctError(f"folder holds {len(series_ids)} DICOM series; give one series per folder", folder)
-    names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    try:
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    except RuntimeError as exc:
+        raise SynthctError(f"cannot scan DICOM series ({_first_line(exc)})", folder) from None
     if len(names) == 1:
         return read_dicom_file(Path(names[0]))
     reader = sitk.ImageSeriesReader()
@@ -252,7 +345,7 @@ def read_dicom_series(folder: Path) -> Volume:
         first = sitk.ImageFileReader()
         first.SetFileName(names[0])
         first.ReadImageInformation()
-        _check_size((*first.GetSize()[:2], len(names)), folder)
+        _check_size((*first.GetSize()[:2], len(names)), folder, first.GetNumberOfComponents())
         img = reader.Execute()
     except RuntimeError as exc:
         raise SynthctError(f"cannot read DICOM series ({_first_line(exc)})", folder) from None
@@ -273,9 +366,11 @@ def read_npy(path: Path) -> Volume:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
-        raise SynthctError(f"not a plain numeric .npy array ({exc})", path) from None
+        raise SynthctError(f"not a plain numeric .npy array ({_first_line(exc)})", path) from None
     except (OSError, EOFError) as exc:
-        raise SynthctError(f"cannot read .npy ({exc})", path) from None
+        raise SynthctError(f"cannot read .npy ({_first_line(exc)})", path) from None
+    except Exception as exc:  # noqa: BLE001 - numpy parses a damaged header with Python's tokenizer
+        raise SynthctError(f"damaged .npy header ({type(exc).__name__})", path) from None
     if arr.dtype.kind not in "biuf":
         raise SynthctError(f".npy holds {arr.dtype} data; expected numbers", path)
     if arr.ndim not in (2, 3):
