@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -49,12 +48,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
-def safe_name(name: str) -> str:
-    """A file name made of [A-Za-z0-9._-] only, never empty, never hidden or '..'."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "input"
-    return cleaned
-
-
 def input_stem(path: Path) -> str:
     from synthct.io.image import SUPPORTED_SUFFIXES
 
@@ -65,7 +58,9 @@ def input_stem(path: Path) -> str:
             if lower.endswith(suffix):
                 name = name[: -len(suffix)]
                 break
-    return safe_name(name)
+    from synthct.io.names import safe_name
+
+    return safe_name(name, "input")
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
