@@ -73,8 +73,7 @@ def _config(train_mr: Path, train_ct: Path, s: DemoSettings):
     cfg.data.mr, cfg.data.ct = str(train_mr), str(train_ct)
     cfg.data.size = s.size
     cfg.model.ngf, cfg.model.ndf, cfg.model.blocks = s.ngf, s.ndf, s.blocks
-    cfg.train.max_minutes = s.minutes
-    cfg.train.steps = 100_000  # the time budget ends training; the schedule follows it
+    cfg.train.max_minutes = s.minutes  # with no step count the lr schedule follows this budget
     cfg.train.seed = s.seed
     cfg.train.device, cfg.train.precision = s.device, s.precision
     cfg.train.sample_every = 100
