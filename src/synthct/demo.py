@@ -157,7 +157,6 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, overwrite: b
         scores.summary(),
         scores.rows,
         run_dir=run_dir,
-        note="Synthetic phantoms made by `synthct phantom`, not patient data.",
         mode="hu",
         overwrite=True,
     )

@@ -41,6 +41,10 @@ class ReportCase:
     input: np.ndarray | None = None
 
 
+# log.csv columns that are not losses (the trainer's timing and schedule bookkeeping).
+LOG_BOOKKEEPING = ("step", "epoch", "elapsed_s", "lr", "data_s", "step_s", "skipped")
+
+
 def slice_subset(depth: int, max_slices: int) -> np.ndarray:
     """Up to ``max_slices`` evenly spaced slice indices, ends included."""
     return np.unique(np.linspace(0, depth - 1, min(depth, max_slices)).round().astype(int))
@@ -145,7 +149,7 @@ def loss_figure(log_csv: Path) -> bytes | None:
     columns = read_training_log(log_csv)
     if "step" not in columns:
         return None
-    losses = [name for name in columns if name not in ("step", "epoch", "elapsed_s", "lr")]
+    losses = [name for name in columns if name not in LOG_BOOKKEEPING]
     if not losses:
         return None
     ncols = min(3, len(losses))
