@@ -9,6 +9,8 @@ from pathlib import Path
 HELP = "translate volumes or pictures with a trained generator (MR -> sCT in HU, or CT -> sMR)"
 
 TARGET_TAG = {"mr2ct": "sct", "ct2mr": "smr"}
+# The closing summary names this many failed inputs; each one has its own error line above it.
+SUMMARY_LISTS_FAILURES = 10
 
 
 def add_arguments(parser) -> None:
@@ -186,8 +188,11 @@ def run(args) -> int:
     done = len(inputs) - (len(failures) - len(problems))
     print(f"translated {done} of {len(inputs)} input{'s' if len(inputs) != 1 else ''} into {out_dir}")
     if failures:
-        print(f"synthct: error: {len(failures)} input{'s' if len(failures) != 1 else ''} failed: "
-              + "; ".join(failures), file=sys.stderr)
+        listed = "; ".join(failures[:SUMMARY_LISTS_FAILURES])
+        if len(failures) > SUMMARY_LISTS_FAILURES:
+            listed += f"; and {len(failures) - SUMMARY_LISTS_FAILURES} more (see the error lines above)"
+        print(f"synthct: error: {len(failures)} input{'s' if len(failures) != 1 else ''} failed: {listed}",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -46,8 +46,19 @@ def _write_failed(exc: OSError, path: Path) -> SynthctError:
     return SynthctError(f"could not write checkpoint ({reason}); the previous checkpoint is kept", path)
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporaries of ``path`` that a killed writer left behind (io.atomic names them
+    ``.<name>.*.tmp``); one writer per run folder, so none of them is still being written."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+
+
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
     """Write ``tensors`` atomically; return the sha256 of the file written."""
+    _remove_stale_temporaries(path)
     seen: set[int] = set()
     plain = {}
     for name, tensor in tensors.items():
@@ -119,6 +130,7 @@ def save_generator(module: torch.nn.Module, path_stem: Path, meta: dict) -> Path
     info = {"format": GENERATOR_FORMAT, "version": GENERATOR_FORMAT_VERSION, "synthct_version": __version__}
     info.update({k: v for k, v in meta.items() if k not in ("format", "version", "sha256")})
     info["sha256"] = digest
+    _remove_stale_temporaries(sidecar)
     try:
         atomic_write_text(sidecar, json.dumps(info, indent=2) + "\n")
     except OSError as exc:
@@ -268,6 +280,7 @@ def save_state(folder: Path, state: dict) -> None:
     skeleton = pack(state, tensors)
     next_w, next_j = _state_paths(folder, "state.next")
     digest = _save_tensors(tensors, next_w)
+    _remove_stale_temporaries(next_j)
     try:
         atomic_write_text(next_j, json.dumps({"format": STATE_FORMAT, "synthct_version": __version__,
                                               "sha256": digest, "state": skeleton}) + "\n")
@@ -282,29 +295,58 @@ def save_state(folder: Path, state: dict) -> None:
         raise _write_failed(exc, folder) from None
 
 
-def _load_state_named(folder: Path, name: str) -> dict:
-    weights, sidecar = _state_paths(folder, name)
-    info = _read_json(sidecar, "training state")
+STATE_NAMES = ("state", "state.next", "state.prev")
+
+
+def _state_sidecar(folder: Path, name: str) -> dict:
+    info = _read_json(_state_paths(folder, name)[1], "training state")
     if info.get("format") != STATE_FORMAT:
-        raise SynthctError("not a synthct training state", sidecar)
-    tensors = _load_verified(weights, info.get("sha256"))
-    return unpack(info["state"], tensors)
+        raise SynthctError("not a synthct training state", _state_paths(folder, name)[1])
+    return info
+
+
+def _state_step(info: dict) -> int:
+    state = info.get("state")
+    step = state.get("step") if isinstance(state, dict) else None
+    return step if isinstance(step, int) else -1
 
 
 def has_state(folder: Path) -> bool:
-    return any(_state_paths(Path(folder), n)[1].is_file() for n in ("state", "state.next", "state.prev"))
+    return any(_state_paths(Path(folder), n)[1].is_file() for n in STATE_NAMES)
 
 
 def load_state(folder: Path) -> tuple[dict, str]:
-    """Load the newest complete training state; returns (state, which) with which in
-    state | state.next | state.prev. Raises the first problem found if none is usable."""
+    """Load the newest complete training state; returns (state, which) with which the sidecar
+    used: state | state.next | state.prev. Raises the first problem found if none is usable.
+
+    A crash can cut :func:`save_state`'s renames anywhere: the newest complete state may then be
+    ``state.next`` (written, not yet rotated), or its sidecar may sit beside weights that have
+    already been renamed. So the sidecars are tried newest step first, and one whose own weights
+    are missing or do not match may take any other weights file with exactly its checksum.
+    """
     folder = Path(folder)
     first_error: SynthctError | None = None
-    for name in ("state", "state.next", "state.prev"):
+    sidecars: list[tuple[int, int, str, dict]] = []
+    for order, name in enumerate(STATE_NAMES):
         if not _state_paths(folder, name)[1].is_file():
             continue
         try:
-            return _load_state_named(folder, name), name
+            info = _state_sidecar(folder, name)
         except SynthctError as exc:
             first_error = first_error or exc
+            continue
+        sidecars.append((-_state_step(info), order, name, info))
+    for _, _, name, info in sorted(sidecars, key=lambda c: c[:2]):
+        own = _state_paths(folder, name)[0]
+        try:
+            return unpack(info["state"], _load_verified(own, info.get("sha256"))), name
+        except SynthctError as exc:
+            first_error = first_error or exc
+        for other in STATE_NAMES:
+            weights = _state_paths(folder, other)[0]
+            if weights != own and weights.is_file() and sha256_of(weights) == info.get("sha256"):
+                try:
+                    return unpack(info["state"], _load_verified(weights, info.get("sha256"))), name
+                except SynthctError:
+                    continue
     raise first_error or SynthctError("no training state to resume from (checkpoints/state.json missing)", folder)

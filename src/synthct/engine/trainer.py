@@ -429,7 +429,9 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
     if resume:
         state, which = load_state(checkpoints)
         if which != "state":
-            log.say(f"checkpoints/state was unusable; resuming from checkpoints/{which}")
+            log.say("the last checkpoint write was interrupted before its final rename; resuming from "
+                    f"checkpoints/{which}" if which == "state.next" else
+                    f"checkpoints/state was unusable; resuming from checkpoints/{which}")
         trainer.load_state_dict(state)
         elapsed_before = float(state.get("elapsed_s", 0.0))
         log.truncate_after(trainer.step_index)

@@ -306,10 +306,65 @@ def _read_with_sitk(path: Path, fmt: str) -> sitk.Image:
     except RuntimeError as exc:
         raise SynthctError(f"cannot read {fmt} header ({_first_line(exc)})", path) from None
     _check_size(reader.GetSize(), path, reader.GetNumberOfComponents())
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti_length(path)
     try:
         return reader.Execute()
     except RuntimeError as exc:
         raise SynthctError(f"cannot read {fmt} data ({_first_line(exc)})", path) from None
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Header + voxel bytes a NIfTI-1 header promises (None for NIfTI-2 or an unparsable header)."""
+    import struct
+
+    if len(header) < 348:
+        return None
+    for order in "<>":
+        if struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            vox_offset = struct.unpack(order + "f", header[108:112])[0]
+            ndim = dims[0]
+            if not 1 <= ndim <= 7 or bitpix <= 0 or not np.isfinite(vox_offset):
+                return None
+            voxels = 1
+            for d in dims[1:ndim + 1]:
+                voxels *= max(int(d), 0)
+            return int(vox_offset) + voxels * bitpix // 8
+    return None
+
+
+def _check_nifti_length(path: Path) -> None:
+    """Refuse a NIfTI whose voxel data is shorter than its header says: ITK would silently
+    fill the missing voxels with zeros."""
+    import gzip
+    import zlib
+
+    compressed = path.name.lower().endswith(".gz")
+    try:
+        if not compressed:
+            with open(path, "rb") as fh:
+                expected = _nifti_expected_bytes(fh.read(348))
+            actual = path.stat().st_size
+        else:
+            with gzip.open(path, "rb") as fh:
+                expected = _nifti_expected_bytes(fh.read(348))
+            if expected is None:
+                return
+            with open(path, "rb") as fh:  # gzip's trailer holds the length mod 2**32: a cheap first check
+                fh.seek(-4, os.SEEK_END)
+                trailer = int.from_bytes(fh.read(4), "little")
+            if trailer == expected % 2**32:
+                return
+            actual = 0
+            with gzip.open(path, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    actual += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        raise SynthctError("truncated or corrupt compressed NIfTI", path) from None
+    if expected is not None and actual < expected:
+        raise SynthctError(f"truncated NIfTI: header promises {expected} bytes, file holds {actual}", path)
 
 
 def _first_line(exc: Exception) -> str:
