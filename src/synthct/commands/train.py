@@ -13,6 +13,7 @@ DIRECT_FLAGS = (
     ("batch_size", "train", "batch_size"), ("epochs", "train", "epochs"), ("steps", "train", "steps"),
     ("lr", "train", "lr"), ("precision", "train", "precision"), ("device", "train", "device"),
     ("seed", "train", "seed"), ("minutes", "train", "max_minutes"),
+    ("lambda_struct", "model", "lambda_struct"), ("struct_loss", "model", "struct_loss"),
 )
 
 
@@ -38,6 +39,11 @@ def add_arguments(parser) -> None:
     flags.add_argument("--ngf", type=int, help="generator base width")
     flags.add_argument("--ndf", type=int, help="discriminator base width")
     flags.add_argument("--blocks", type=int, help="residual blocks of the ResNet generator")
+    flags.add_argument("--lambda-struct", type=float, metavar="WEIGHT",
+                       help="weight of the structure-consistency loss between each input and its "
+                            "translation (CycleGAN; 0 = off)")
+    flags.add_argument("--struct-loss", choices=("mind", "ngf"),
+                       help="structure-consistency loss: MIND descriptors or normalised gradient fields")
     flags.add_argument("--batch-size", type=int)
     length = flags.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int)

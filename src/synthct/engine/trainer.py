@@ -107,8 +107,11 @@ class Trainer:
         self.g_params = [p for p in model.generator_parameters()]
         self.d_params = [p for p in model.discriminator_parameters()]
         betas = (cfg.train.beta1, cfg.train.beta2)
-        self.opt_g = torch.optim.Adam(self.g_params, lr=cfg.train.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d_params, lr=cfg.train.lr, betas=betas) if self.d_params else None
+        # fused=True: the same Adam update in one kernel per parameter; the default for-loop
+        # implementation took 0.7 s per update of a 256/ngf64 CycleGAN on 2 CPU cores, fused 0.13 s.
+        self.opt_g = torch.optim.Adam(self.g_params, lr=cfg.train.lr, betas=betas, fused=True)
+        self.opt_d = (torch.optim.Adam(self.d_params, lr=cfg.train.lr, betas=betas, fused=True)
+                      if self.d_params else None)
         def schedule(step: int) -> float:
             if self.time_fraction is not None:
                 return lr_factor_at(self.time_fraction, cfg.train.decay_start)
@@ -232,9 +235,23 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise SynthctError(f"checkpoint does not match this model/config ({str(exc).splitlines()[0]})") from None
+        for optimizer in (self.opt_g, self.opt_d):
+            if optimizer:
+                _match_parameter_layout(optimizer)
         self.step_index = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         _restore_rng(state["rng"])
+
+
+def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored moment buffers their parameter's memory layout. Checkpoints store tensors
+    contiguous, but channels_last parameters have channels_last moments, and fused Adam walks
+    parameter and moments as flat memory, so the layouts must agree."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 @dataclass

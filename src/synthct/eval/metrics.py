@@ -148,3 +148,25 @@ def head_mask_8bit(mr: np.ndarray, threshold: float = 10) -> np.ndarray:
         head = labels == (int(np.argmax(sizes)) + 1)
         out[i] = ndimage.binary_dilation(head, iterations=5)
     return out[0] if mr.ndim == 2 else out
+
+
+def adjacent_slice_difference(volume: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Slice-to-slice jitter of a (z, y, x) volume: mean |v[z+1] - v[z]| over the voxel pairs
+    that lie inside ``mask`` (> 0) in both slices, or over all pairs without a mask.
+
+    A 2D translator applied slice by slice can flicker along z; the ratio of this value for a
+    synthetic CT to that of its reference measures the flicker (about 1 = as smooth as the real CT).
+    """
+    volume = np.asarray(volume, dtype=np.float64)
+    if volume.ndim != 3 or volume.shape[0] < 2:
+        raise SynthctError(f"need a (z, y, x) volume with at least 2 slices, got shape {volume.shape}")
+    steps = np.abs(np.diff(volume, axis=0))
+    if mask is None:
+        return float(steps.mean())
+    mask = np.asarray(mask) > 0
+    if mask.shape != volume.shape:
+        raise SynthctError(f"mask shape {mask.shape} differs from volume shape {volume.shape}")
+    pairs = mask[1:] & mask[:-1]
+    if not pairs.any():
+        raise SynthctError("mask has no voxel inside it on two adjacent slices")
+    return float(steps[pairs].mean())

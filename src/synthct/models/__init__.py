@@ -36,6 +36,9 @@ def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Mod
     for key in ("ngf", "ndf", "blocks", "d_layers", "unet_downs"):
         if getattr(cfg, key) < 1:
             raise SynthctError(f"model.{key}: must be at least 1, got {getattr(cfg, key)}")
+    for key in ("lambda_cycle", "lambda_identity", "lambda_l1", "lambda_struct", "lambda_nce"):
+        if getattr(cfg, key) < 0:
+            raise SynthctError(f"model.{key}: must be 0 (off) or positive, got {getattr(cfg, key)}")
     if cfg.pool_size < 0:
         raise SynthctError(f"model.pool_size: must be 0 (off) or more, got {cfg.pool_size}")
     try:
