@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from synthct.models.layers import ConvNormAct, ResidualBlock, UnetDown, UnetUp, UpConvNormAct
+from synthct.models.layers import ConvNormAct, OutputHead, ResidualBlock, UnetDown, UnetUp, UpConvNormAct
 
 
 class ResnetGenerator(nn.Module):
@@ -25,7 +25,7 @@ class ResnetGenerator(nn.Module):
         )
         self.blocks = nn.Sequential(*(ResidualBlock(4 * ngf) for _ in range(n_blocks)))
         self.up = nn.Sequential(UpConvNormAct(4 * ngf, 2 * ngf), UpConvNormAct(2 * ngf, ngf))
-        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh())
+        self.head = OutputHead(ngf, out_channels)  # in fp32 even under autocast
         self.ngf = ngf
 
     def forward(self, x: Tensor) -> Tensor:

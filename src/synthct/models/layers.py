@@ -5,26 +5,151 @@ Each block is a small named module so that the networks read like the papers' no
 channels_last + bfloat16 on CPU without touching the network definitions.
 
 Normalisation is InstanceNorm without affine parameters or running statistics, and convolutions
-keep their bias, exactly as the reference CycleGAN/pix2pix code does with ``--norm instance``.
+keep their bias, exactly as the reference CycleGAN/pix2pix code does with ``--norm instance``:
+
+    y = (x - mu) / sqrt(sigma^2 + eps),  mu, sigma^2 = mean, biased variance of x over (H, W).
+
+Why not nn.InstanceNorm2d / nn.ReflectionPad2d: under CPU autocast the stock instance norm
+returns a contiguous (NCHW) tensor and reflection padding runs in fp32, so every bf16
+channels_last activation was converted to fp32, back, and between memory layouts around each
+convolution (about a third of a training step in ``aten::copy_``). Here both keep the input's
+dtype and memory layout; the norm runs on aten's channels_last batch-norm kernels (statistics
+accumulated in fp32), folds the activation that follows it into its own forward and backward,
+and keeps only its input for the backward where the stock pair kept input and output.
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+EPS = 1e-5  # nn.InstanceNorm2d's default
 
-def instance_norm(channels: int) -> nn.InstanceNorm2d:
-    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+
+def _norm_coefficients(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-(sample, channel) scale 1/sigma and shift -mu/sigma, shape (N, C, 1, 1), for tracing."""
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+    scale = (var + eps).rsqrt()
+    return scale, -mean * scale
+
+
+def _normalise(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    return torch.addcmul(shift, x, scale)
+
+
+def _leaky_relu_(x: Tensor, negative_slope: float) -> Tensor:
+    return torch.relu_(x) if negative_slope == 0 else F.leaky_relu_(x, negative_slope)
+
+
+def _batch_norm_per_sample(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(x_hat, mean, invstd) with (N, C) statistics, one batch-norm call per sample."""
+    n, c = x.shape[:2]
+    if x.device.type == "cpu":
+        # Written in place: no concatenation pass. CPU kernels return bf16 statistics for bf16
+        # input (accumulated in fp32); CUDA's are fp32, hence the other branch.
+        y = torch.empty_like(x)
+        mean, invstd = x.new_empty((n, c)), x.new_empty((n, c))
+        for i in range(n):
+            torch.ops.aten._native_batch_norm_legit.no_stats_out(
+                x[i:i + 1], None, None, True, 0.0, eps, out=y[i:i + 1], save_mean=mean[i], save_invstd=invstd[i])
+        return y, mean, invstd
+    pieces = [torch.ops.aten._native_batch_norm_legit(x[i:i + 1], None, None, True, 0.0, eps) for i in range(n)]
+    ys, means, invstds = zip(*pieces)
+    return (ys[0] if n == 1 else torch.cat(ys)), torch.stack(means), torch.stack(invstds)
+
+
+class _InstanceNormAct(torch.autograd.Function):
+    """Instance norm (+ (leaky) ReLU) on aten's batch-norm kernels, one sample at a time: a
+    (1, C, H, W) sample is exactly a batch-norm batch, and those kernels are vectorised for
+    channels_last and accumulate bf16 in fp32 (var_mean over (H, W) of a channels_last tensor
+    is about ten times slower). The backward is batch norm's closed form
+
+        dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sigma,
+        g = dy * (1 if x_hat > 0 else negative_slope)   (g = dy without activation),
+
+    and only x and the (N, C) statistics are kept for it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, negative_slope: float | None, eps: float) -> Tensor:
+        y, mean, invstd = _batch_norm_per_sample(x, eps)
+        if negative_slope is not None:
+            _leaky_relu_(y, negative_slope)
+        ctx.negative_slope, ctx.eps = negative_slope, eps
+        ctx.save_for_backward(x, mean, invstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, mean, invstd = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        if ctx.negative_slope is not None:  # x_hat > 0 exactly where x > mean
+            positive = x > mean[:, :, None, None]
+            # (masked_fill would return a contiguous tensor and lose channels_last)
+            grad = (grad * positive if ctx.negative_slope == 0
+                    else torch.where(positive, grad, grad * ctx.negative_slope))
+        pieces = [torch.ops.aten.native_batch_norm_backward(
+            grad[i:i + 1], x[i:i + 1], None, None, None, mean[i], invstd[i], True, ctx.eps,
+            [True, False, False])[0] for i in range(x.shape[0])]
+        dx = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        return dx, None, None
+
+
+def instance_norm_act(x: Tensor, negative_slope: float | None = None, eps: float = EPS) -> Tensor:
+    """Instance norm without affine parameters, then ReLU (``negative_slope=0``), LeakyReLU
+    (``negative_slope > 0``) or nothing (None); in x's dtype and memory layout."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        # Exporters trace plain aten ops; the same maths without the custom backward.
+        y = _normalise(x, *_norm_coefficients(x, eps))
+        return y if negative_slope is None else _leaky_relu_(y, negative_slope)
+    with torch.autocast(x.device.type, enabled=False):
+        return _InstanceNormAct.apply(x, negative_slope, eps)
+
+
+class InstanceNorm(nn.InstanceNorm2d):
+    """InstanceNorm2d(affine=False, track_running_stats=False), optionally fused with the
+    activation that follows it (``negative_slope``: 0 for ReLU, 0.2 for LeakyReLU 0.2)."""
+
+    def __init__(self, channels: int, negative_slope: float | None = None, eps: float = EPS):
+        super().__init__(channels, eps=eps, affine=False, track_running_stats=False)
+        self.negative_slope = negative_slope
+
+    def forward(self, x: Tensor) -> Tensor:
+        return instance_norm_act(x, self.negative_slope, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}"
+
+
+class ReflectionPad(nn.ReflectionPad2d):
+    """nn.ReflectionPad2d that keeps the input's dtype under autocast (the stock one is on
+    autocast's fp32 list, which costs two conversions per padded convolution)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.pad(x, self.padding, mode="reflect")
+
+
+NEGATIVE_SLOPES = {"relu": 0.0, "lrelu": 0.2, None: None}
 
 
 def activation(name: str | None) -> nn.Module:
+    if name not in NEGATIVE_SLOPES:
+        raise ValueError(f"unknown activation '{name}' (relu | lrelu | None)")
     if name is None:
         return nn.Identity()
     if name == "relu":
         return nn.ReLU(inplace=True)
-    if name == "lrelu":
-        return nn.LeakyReLU(0.2, inplace=True)
-    raise ValueError(f"unknown activation '{name}' (relu | lrelu | None)")
+    return nn.LeakyReLU(0.2, inplace=True)
+
+
+def norm_act(channels: int, act: str | None) -> tuple[nn.Module, nn.Module]:
+    """(InstanceNorm, Identity) with the activation folded into the norm. Two modules so that
+    the layer indices, and with them the parameter names of saved weights, stay those of
+    [conv, norm, act]."""
+    activation(act)  # validates the name
+    return InstanceNorm(channels, NEGATIVE_SLOPES[act]), nn.Identity()
 
 
 class ConvNormAct(nn.Sequential):
@@ -39,12 +164,13 @@ class ConvNormAct(nn.Sequential):
                  act: str | None = "relu"):
         layers: list[nn.Module] = []
         if reflect and padding:
-            layers.append(nn.ReflectionPad2d(padding))
+            layers.append(ReflectionPad(padding))
         layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
                                 padding=0 if reflect else padding, bias=True))
         if norm:
-            layers.append(instance_norm(out_channels))
-        layers.append(activation(act))
+            layers.extend(norm_act(out_channels, act))
+        else:
+            layers.append(activation(act))
         super().__init__(*layers)
 
 
@@ -55,8 +181,7 @@ class UpConvNormAct(nn.Sequential):
         super().__init__(
             nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1,
                                output_padding=1, bias=True),
-            instance_norm(out_channels),
-            nn.ReLU(inplace=True),
+            *norm_act(out_channels, "relu"),
         )
 
 
@@ -74,6 +199,18 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+class OutputHead(nn.Sequential):
+    """c7s1-out + tanh, always in fp32: in bf16 the tanh output would be quantised to steps of
+    2**-8 of the model range (about 4 HU in soft tissue), more than the generator's error."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(ReflectionPad(3), nn.Conv2d(in_channels, out_channels, 7), nn.Tanh())
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
 class UnetDown(nn.Sequential):
     """U-Net encoder step: [LeakyReLU 0.2] -> conv4x4 stride 2 -> [InstanceNorm].
 
@@ -85,7 +222,7 @@ class UnetDown(nn.Sequential):
         layers: list[nn.Module] = [nn.LeakyReLU(0.2)] if act else []
         layers.append(nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=True))
         if norm:
-            layers.append(instance_norm(out_channels))
+            layers.append(InstanceNorm(out_channels))
         super().__init__(*layers)
 
 
@@ -96,7 +233,7 @@ class UnetUp(nn.Sequential):
         layers: list[nn.Module] = [
             nn.ReLU(),
             nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=True),
-            instance_norm(out_channels),
+            InstanceNorm(out_channels),
         ]
         if dropout:
             layers.append(nn.Dropout(0.5))
