@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as run on a lent GPU machine (its python3 has torch
 # with CUDA; SimpleITK and pydicom are carried as wheels in .gpuwheels/ because it has no network).
-set -uo pipefail
-OUT=${OUT:-gpu_out}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-deps --no-index .gpuwheels/*.whl 2>&1 | tail -1
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -1
+source benchmarks/gpu_setup.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" >> "$OUT/gpu.txt"
 timeout 300 python3 benchmarks/bench_perf.py --device cuda --repeats 5 --json "$OUT/gpu.json" --markdown "$OUT/gpu.md" 2>&1 | tail -40

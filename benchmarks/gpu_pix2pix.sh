@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
 # Paired pix2pix upper bound of the real-scan experiment, trained on a lent GPU (H200) for a few
 # minutes; the prepared folders travel with the command (never committed: the images have no licence).
-set -uo pipefail
-OUT=${OUT:-gpu_out}
 MINUTES=${MINUTES:-3.5}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-deps --no-index .gpuwheels/*.whl 2>&1 | tail -1
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -1
+source benchmarks/gpu_setup.sh
 W=experiments/aanlib
 python3 benchmarks/aanlib_experiment.py train --work $W --model pix2pix --minutes "$MINUTES" \
     --set train.device=cuda --set train.snapshot_minutes=0.5 --set train.threads=4 --overwrite 2>&1 | grep -v "step/s\|s/step" | tail -5

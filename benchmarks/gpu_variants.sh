@@ -2,12 +2,8 @@
 # Issue 8 on the real brain pairs: plain CycleGAN vs + MIND structure loss vs CUT, the same short
 # budget each on a lent GPU (H200). The prepared AANLIB folders travel with the command (never
 # committed: the images have no licence). pix2pix comes from gpu_pix2pix.sh's learning curve.
-set -uo pipefail
-OUT=${OUT:-gpu_out}
-MINUTES=${MINUTES:-0.75}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-deps --no-index .gpuwheels/*.whl 2>&1 | tail -1
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -1
+MINUTES=${MINUTES:-0.5}
+source benchmarks/gpu_setup.sh
 W=experiments/aanlib
 run() {  # name, extra --set overrides
     local name=$1; shift
