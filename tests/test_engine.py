@@ -120,9 +120,10 @@ def _state_tensors(run_dir):
     return flat
 
 
-def test_stop_and_resume_is_bitwise_identical(phantoms, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_stop_and_resume_is_bitwise_identical(phantoms, tmp_path, monkeypatch, ema):
     # 12 steps = 2.4 epochs, lr decaying over the second half, pools of 10 filling up.
-    cfg = tiny_config(phantoms, steps=12, decay_start=0.5)
+    cfg = tiny_config(phantoms, steps=12, decay_start=0.5, ema=ema)
     train(cfg, tmp_path / "straight", quiet=True)
 
     step = Trainer.step
@@ -150,6 +151,40 @@ def test_stop_and_resume_is_bitwise_identical(phantoms, tmp_path, monkeypatch):
     assert sha256_of(tmp_path / "straight" / "generator_mr2ct.safetensors") == \
         sha256_of(tmp_path / "split" / "generator_mr2ct.safetensors")
     assert [r["step"] for r in log_rows(tmp_path / "split")] == [str(s) for s in range(1, 13)]
+
+
+def test_ema_generators_are_the_moving_average_and_are_exported(phantoms, tmp_path):
+    from synthct.models import build_model
+
+    cfg = load_run_config("tiny")
+    cfg.train.ema = 0.75
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 1, 1)
+    trainer = Trainer(model, cfg, total_steps=3, device=torch.device("cpu"), precision=Precision("fp32", "cpu", "t"))
+    expected = None
+    for _ in range(3):
+        trainer.step({"mr": torch.rand(1, 1, 32, 32) * 2 - 1, "ct": torch.rand(1, 1, 32, 32) * 2 - 1})
+        raw = {k: v.detach().clone() for k, v in model.G.state_dict().items()}
+        expected = raw if expected is None else {k: 0.75 * expected[k] + 0.25 * raw[k] for k in raw}
+    averaged = trainer.export_generators()["mr2ct"].state_dict()
+    assert averaged.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(averaged[key], expected[key])
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw)  # an average, not the last weights
+
+    run = tmp_path / "run"
+    train(tiny_config(phantoms, steps=6, ema=0.75), run, quiet=True)
+    exported, _ = load_generator(run / "generator_mr2ct.safetensors")
+    last, _ = load_generator(run / "raw" / "generator_mr2ct.safetensors")
+    state, _ = load_state(run / "checkpoints")
+    ema_state = {k.removeprefix("module."): v for k, v in state["ema"]["mr2ct"].items() if k.startswith("module.")}
+    model_state = {k.removeprefix("G."): v for k, v in state["model"].items() if k.startswith("G.")}
+    for key, value in exported.state_dict().items():
+        torch.testing.assert_close(value, ema_state[key])
+        torch.testing.assert_close(last.state_dict()[key], model_state[key])
+    assert any(not torch.equal(v, last.state_dict()[k]) for k, v in exported.state_dict().items())
+    with pytest.raises(SynthctError, match="train.ema must be a decay between 0 and 1"):
+        train(tiny_config(phantoms, steps=2, ema=1.5), tmp_path / "bad", quiet=True)
 
 
 def test_time_budget_stops_with_a_resumable_checkpoint(phantoms, tmp_path):
@@ -240,6 +275,29 @@ def test_precision_choice_follows_the_hardware(monkeypatch):
     assert resolve_precision("bf16", cpu).dtype == torch.bfloat16
     with pytest.raises(SynthctError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", cpu)
+
+
+@pytest.mark.parametrize("name, layout", [("fp32", torch.contiguous_format), ("bf16", torch.channels_last)])
+def test_cpu_memory_layout_follows_the_precision(name, layout):
+    from synthct.models import build_model
+    from synthct.translate.translator import TorchRunner
+
+    precision = Precision(name, "cpu", "test")
+    assert precision.memory_format == layout
+    assert Precision(name, "cuda", "test").memory_format == torch.channels_last
+    cfg = load_run_config("tiny")
+    model = build_model(cfg.model, 1, 1)
+    trainer = Trainer(model, cfg, total_steps=2, device=torch.device("cpu"), precision=precision)
+    weight = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert weight.is_contiguous(memory_format=layout)
+    batch = trainer._to_device({"mr": np.zeros((1, 1, 32, 32), np.float32), "ct": np.zeros((1, 1, 32, 32), np.float32)})
+    assert all(x.is_contiguous(memory_format=layout) for x in batch.values())
+    trainer.step({"mr": torch.rand(1, 1, 32, 32) * 2 - 1, "ct": torch.rand(1, 1, 32, 32) * 2 - 1})
+    assert weight.is_contiguous(memory_format=layout)  # fused Adam keeps the layout
+    runner = TorchRunner(model.G, "cpu", name)
+    assert next(p for p in runner.module.parameters() if p.dim() == 4 and p.shape[1] > 1).is_contiguous(
+        memory_format=layout)
+    assert runner(np.zeros((1, 1, 32, 32), np.float32)).shape == (1, 1, 32, 32)
 
 
 def test_clock_budget_drives_the_lr_schedule_and_snapshots(phantoms, tmp_path):

@@ -70,6 +70,9 @@ class TrainConfig:
     # With a budget and neither steps nor epochs, the lr schedule follows the clock instead of steps.
     clock: str = "wall"  # wall | cpu: budgets in this process's CPU time / threads (fair on a busy machine)
     snapshot_minutes: float | None = None  # keep a copy of the generators every N minutes (learning curves)
+    # Exponential moving average of the generators' weights (decay per step, e.g. 0.995): the
+    # exported generators and snapshots are the averages; raw/ keeps the last unaveraged weights.
+    ema: float | None = None
     log_every: int = 10
     sample_every: int = 200
     checkpoint_every: int = 500

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from synthct.config import RunConfig, config_to_dict, save_config
 from synthct.engine import distributed as ddp
@@ -32,6 +33,7 @@ from synthct.errors import SynthctError
 
 NAN_POLICIES = ("stop", "skip")
 RUN_ARTIFACTS = ("config.yaml", "log.csv", "loss_curves.png", "checkpoints", "samples", "tensorboard",
+                 "snapshots", "raw",
                  "generator_mr2ct.safetensors", "generator_mr2ct.json",
                  "generator_ct2mr.safetensors", "generator_ct2mr.json")
 
@@ -102,7 +104,7 @@ class Trainer:
         # schedule then follows the clock, so the decay ends when the budget does.
         self.time_fraction: float | None = None
         self.skipped_steps = 0
-        self.model = model.to(device=device, memory_format=torch.channels_last)
+        self.model = model.to(device=device, memory_format=precision.memory_format)
         ddp.broadcast_module(self.model, self.env)
         self.g_params = [p for p in model.generator_parameters()]
         self.d_params = [p for p in model.discriminator_parameters()]
@@ -120,6 +122,13 @@ class Trainer:
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, schedule)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, schedule) if self.opt_d else None
         self.scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
+        ema = cfg.train.ema
+        if ema is not None and not 0.0 < ema < 1.0:
+            raise SynthctError(f"train.ema must be a decay between 0 and 1 (e.g. 0.995), got {ema}")
+        # Averaged generators (Polyak / EMA, as in Yazici et al. 2019 for GANs): the adversarial
+        # game keeps the raw weights moving; their average is the steadier translator.
+        self.ema = {direction: AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=False)
+                    for direction, module in model.generators().items()} if ema else {}
         if cfg.train.compile:
             # In-place compile keeps parameter names, so checkpoints stay compatible.
             for child in model.children():
@@ -133,7 +142,7 @@ class Trainer:
 
     def _to_device(self, batch: dict) -> dict[str, torch.Tensor]:
         return {name: torch.as_tensor(x).to(self.device, non_blocking=True).contiguous(
-            memory_format=torch.channels_last) for name, x in batch.items()}
+            memory_format=self.precision.memory_format) for name, x in batch.items()}
 
     def _check_finite(self, loss: torch.Tensor, what: str) -> bool:
         finite = ddp.all_true(bool(torch.isfinite(loss.detach()).item()), self.env, self.device)
@@ -198,10 +207,17 @@ class Trainer:
             self._update(self.opt_d)
         if self.scaler:
             self.scaler.update()
+        generators = self.model.generators()
+        for direction, average in self.ema.items():
+            average.update_parameters(generators[direction])
         self._advance()
         names = list(terms)
         values = torch.stack([terms[n].detach().float().reshape(()) for n in names]).tolist() if names else []
         return StepOutput(dict(zip(names, values)), skipped=False, cache=cache | {"batch": batch})
+
+    def export_generators(self) -> dict[str, nn.Module]:
+        """The generators to translate with: the averages when train.ema is set."""
+        return {d: average.module for d, average in self.ema.items()} or self.model.generators()
 
     def state_dict(self) -> dict:
         state = {
@@ -219,6 +235,8 @@ class Trainer:
             state["pools"] = self.model.pools_state_dict()
         if self.scaler:
             state["scaler"] = self.scaler.state_dict()
+        if self.ema:
+            state["ema"] = {d: dict(average.state_dict()) for d, average in self.ema.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -233,6 +251,8 @@ class Trainer:
                 self.model.load_pools_state_dict(state["pools"])
             if self.scaler and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
+            for direction, average in self.ema.items():
+                average.load_state_dict(state["ema"][direction])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise SynthctError(f"checkpoint does not match this model/config ({str(exc).splitlines()[0]})") from None
         for optimizer in (self.opt_g, self.opt_d):
@@ -245,7 +265,7 @@ class Trainer:
 
 def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
     """Give restored moment buffers their parameter's memory layout. Checkpoints store tensors
-    contiguous, but channels_last parameters have channels_last moments, and fused Adam walks
+    contiguous, but channels_last parameters (see Precision.memory_format) have channels_last moments, and fused Adam walks
     parameter and moments as flat memory, so the layouts must agree."""
     for group in optimizer.param_groups:
         for param in group["params"]:
@@ -388,12 +408,12 @@ def generator_meta(cfg: RunConfig, module: nn.Module, direction: str, dataset, s
     }
 
 
-def export_generators(model: nn.Module, cfg: RunConfig, run_dir: Path, dataset, step: int,
+def export_generators(modules: dict[str, nn.Module], cfg: RunConfig, folder: Path, dataset, step: int,
                       epoch: int) -> dict[str, Path]:
     paths = {}
-    for direction, module in model.generators().items():
+    for direction, module in modules.items():
         meta = generator_meta(cfg, module, direction, dataset, step, epoch)
-        paths[direction] = save_generator(module, run_dir / f"generator_{direction}", meta)
+        paths[direction] = save_generator(module, folder / f"generator_{direction}", meta)
     return paths
 
 
@@ -471,10 +491,12 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
         epoch = trainer.step_index // steps_per_epoch
         state = trainer.state_dict() | {"epoch": epoch, "elapsed_s": elapsed_before + clock() - train_started}
         save_state(checkpoints, state)
-        return export_generators(model, cfg, run_dir, dataset, trainer.step_index, epoch)
+        if trainer.ema:
+            export_generators(model.generators(), cfg, run_dir / "raw", dataset, trainer.step_index, epoch)
+        return export_generators(trainer.export_generators(), cfg, run_dir, dataset, trainer.step_index, epoch)
 
     def snapshot(step: int, epoch: int) -> None:
-        for direction, module in model.generators().items():
+        for direction, module in trainer.export_generators().items():
             meta = generator_meta(cfg, module, direction, dataset, step, epoch)
             save_generator(module, run_dir / "snapshots" / f"generator_{direction}_step{step:07d}", meta)
 
