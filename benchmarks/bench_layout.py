@@ -1,10 +1,10 @@
 """Memory layout of fp32 CPU training and inference: channels_last against plain NCHW, measured
 in one run on the same machine (docs/PERFORMANCE.md, "fp32 on a CPU without fast bf16").
 
-synthct trains and translates in ``Precision.memory_format``: channels_last where its kernels are
-the fast ones (bf16 on CPU, CUDA), NCHW for fp32 on CPU. This times both layouts for a CycleGAN
-training step (the real Trainer, identity loss on as in the paper's default) and a 256 x 256 slice
-of inference, fp32.
+synthct trains in ``Precision.train_memory_format`` (channels_last for bf16 on CPU and on CUDA,
+NCHW for fp32 on CPU) and translates in channels_last. This times both layouts for a CycleGAN
+training step (the real Trainer, identity loss on as in the paper's default) and for a 256 x 256
+slice of inference, fp32.
 
     .venv/bin/python benchmarks/bench_layout.py [--sizes 256] [--ngf 32 64] [--repeats 7] [--threads 2]
 """
@@ -27,7 +27,7 @@ class FixedLayout(Precision):
     layout: torch.memory_format = torch.contiguous_format
 
     @property
-    def memory_format(self) -> torch.memory_format:
+    def train_memory_format(self) -> torch.memory_format:
         return self.layout
 
 
@@ -61,7 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"CPU: {cpu_model()}, {args.threads} threads, torch {torch.__version__}, fp32, median of {args.repeats}")
+    print(f"CPU: {cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels), {args.threads} threads, "
+          f"torch {torch.__version__}, fp32, median of {args.repeats}")
     print("| what | size | ngf | channels_last (s) | NCHW (s) | channels_last / NCHW |")
     print("|---|---|---|---|---|---|")
     for size in args.sizes:

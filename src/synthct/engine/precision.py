@@ -52,10 +52,11 @@ class Precision:
         return self.name == "fp16"
 
     @property
-    def memory_format(self) -> torch.memory_format:
-        """channels_last where its kernels are the fast ones (bf16 on CPU, CUDA); plain NCHW for
-        fp32 on CPU, where oneDNN's blocked fp32 convolutions behind channels_last measured
-        slower (AVX2 EPYC, 2 cores: a 256/ngf32 CycleGAN step 5.3 s channels_last, 4.6 s NCHW)."""
+    def train_memory_format(self) -> torch.memory_format:
+        """Layout for training: channels_last where its kernels are the fast ones (bf16 on CPU,
+        CUDA); plain NCHW for fp32 on CPU, where the channels_last convolution backward is the
+        slow one (benchmarks/bench_layout.py, AVX2 EPYC: a 256/ngf32 step 1.19x slower in
+        channels_last). Inference has no backward and stays channels_last (0.82x there)."""
         if self.device_type == "cpu" and self.name == "fp32":
             return torch.contiguous_format
         return torch.channels_last

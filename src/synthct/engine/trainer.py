@@ -104,7 +104,7 @@ class Trainer:
         # schedule then follows the clock, so the decay ends when the budget does.
         self.time_fraction: float | None = None
         self.skipped_steps = 0
-        self.model = model.to(device=device, memory_format=precision.memory_format)
+        self.model = model.to(device=device, memory_format=precision.train_memory_format)
         ddp.broadcast_module(self.model, self.env)
         self.g_params = [p for p in model.generator_parameters()]
         self.d_params = [p for p in model.discriminator_parameters()]
@@ -142,7 +142,7 @@ class Trainer:
 
     def _to_device(self, batch: dict) -> dict[str, torch.Tensor]:
         return {name: torch.as_tensor(x).to(self.device, non_blocking=True).contiguous(
-            memory_format=self.precision.memory_format) for name, x in batch.items()}
+            memory_format=self.precision.train_memory_format) for name, x in batch.items()}
 
     def _check_finite(self, loss: torch.Tensor, what: str) -> bool:
         finite = ddp.all_true(bool(torch.isfinite(loss.detach()).item()), self.env, self.device)
@@ -265,8 +265,8 @@ class Trainer:
 
 def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
     """Give restored moment buffers their parameter's memory layout. Checkpoints store tensors
-    contiguous, but channels_last parameters (see Precision.memory_format) have channels_last moments, and fused Adam walks
-    parameter and moments as flat memory, so the layouts must agree."""
+    contiguous, but channels_last parameters (Precision.train_memory_format) have channels_last
+    moments, and fused Adam walks parameter and moments as flat memory, so the layouts must agree."""
     for group in optimizer.param_groups:
         for param in group["params"]:
             for key, value in optimizer.state.get(param, {}).items():

@@ -79,23 +79,19 @@ def resolve_runtime(device: str, precision: str) -> tuple[str, str]:
 
 
 class TorchRunner:
-    """Runs a torch generator on numpy batches: inference mode, the precision's memory layout,
-    autocast."""
+    """Runs a torch generator on numpy batches: inference mode, channels_last, autocast."""
 
     def __init__(self, module, device: str = "cpu", precision: str = "fp32"):
         import torch
 
-        from synthct.engine.precision import Precision
-
         self.device = torch.device(device)
         self.precision = precision
-        self.memory_format = Precision(precision, self.device.type, "").memory_format
-        self.module = module.to(self.device, memory_format=self.memory_format).eval()
+        self.module = module.to(self.device, memory_format=torch.channels_last).eval()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.memory_format)
+        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             y = self.module(x)
