@@ -36,8 +36,11 @@ def test_tiny_cut_learns_intensity_inversion_from_unpaired_data(nce_idt):
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="cut", ngf=8, ndf=8, blocks=2, nce_idt=nce_idt), 1, 1)
     assert isinstance(model, CUT)
-    untrained, trained = inversion_errors(model)
-    assert trained < 0.7 * untrained  # seed 0: about 0.68 -> 0.37 (CUT) and 0.37 (FastCUT)
+    # 300 steps: at 150 FastCUT's result depended on the CPU's rounding (seed 0: 0.37 of the
+    # untrained error on an AVX512 CPU, 0.88 on an AVX2 one); at 300 seeds 0-3 end at 0.28-0.47
+    # (CUT) and 0.37-0.61 (FastCUT) on the AVX2 CPU.
+    untrained, trained = inversion_errors(model, steps=300)
+    assert trained < 0.7 * untrained
 
 
 # ---------------------------------------------------------------- CLI, 2.5D end to end
