@@ -33,6 +33,27 @@ elif [ "$ROUND" = 2 ]; then  # width: narrower networks buy more full-resolution
     variant g16_crop192 3700 --set model.ngf=16 --set data.size=192 --set data.resize=crop
     variant g16_mind 2350 --set model.ngf=16 --set model.lambda_struct=5
     variant g16_decay03 2400 --set model.ngf=16 --set train.decay_start=0.3
+elif [ "$ROUND" = 4 ]; then  # progressive resizing: whole slices at 128 px first, then 256
+    # CPU steps: 128 px 0.49 s (ngf 16 / ndf 16) and 1.19 s (ngf 32), 256 px 1.6 s and 3.7 s.
+    # Half the hour coarse (p50) or three quarters (p75); the lr decays over the second half of
+    # the hour, so as step fractions: coarse_until = decay_start = the first half's share.
+    p16="--set model.ngf=16 --set model.ndf=16"
+    variant p16_50 4585 $p16 --set train.coarse_size=128 --set train.coarse_until=0.755 --set train.decay_start=0.755
+    variant p16_50_seed1 4585 $p16 --set train.coarse_size=128 --set train.coarse_until=0.755 --set train.decay_start=0.755 --set train.seed=1
+    variant p16_50_seed2 4585 $p16 --set train.coarse_size=128 --set train.coarse_until=0.755 --set train.decay_start=0.755 --set train.seed=2
+    variant p32_50 1961 --set train.coarse_size=128 --set train.coarse_until=0.752 --set train.decay_start=0.752
+    variant p32_50_seed1 1961 --set train.coarse_size=128 --set train.coarse_until=0.752 --set train.decay_start=0.752 --set train.seed=1
+    variant p32_75 2456 --set train.coarse_size=128 --set train.coarse_until=0.90 --set train.decay_start=0.60
+    variant p32_75_seed1 2456 --set train.coarse_size=128 --set train.coarse_until=0.90 --set train.decay_start=0.60 --set train.seed=1
+    variant g16_d16_seed2 2500 $p16 --set train.seed=2  # the full-resolution layout, another seed
+elif [ "$ROUND" = 5 ]; then  # what makes the full-resolution ngf 16 / ndf 16 layout lock in (seed 2 failed: 78.4)
+    p16="--set model.ngf=16 --set model.ndf=16"
+    for seed in 0 1 2; do variant m16_mind5_seed$seed 2350 $p16 --set model.lambda_struct=5 --set train.seed=$seed; done
+    variant m16_mind15_seed2 2350 $p16 --set model.lambda_struct=15 --set train.seed=2
+    variant m16_ngfloss5_seed2 2400 $p16 --set model.lambda_struct=5 --set model.struct_loss=ngf --set train.seed=2
+    variant m16_lr4_seed2 2500 $p16 --set train.lr=0.0004 --set train.seed=2
+    variant m16_dl2_seed2 2700 $p16 --set model.d_layers=2 --set train.seed=2
+    variant m16_cyc20_seed2 2500 $p16 --set model.lambda_cycle=20 --set train.seed=2
 else  # seeds of the chosen layout (ngf 16): how much of the outcome is luck
     for seed in 2 3 4 5; do variant g16_seed$seed 2250 --set model.ngf=16 --set train.seed=$seed; done
 fi

@@ -27,8 +27,9 @@ def phantoms(tmp_path_factory):
     return root
 
 
-def tiny_config(root, steps=20, **train):
+def tiny_config(root, steps=20, d_layers=3, **train):
     cfg = load_run_config("tiny")
+    cfg.model.d_layers = d_layers
     cfg.data.root = str(root)
     cfg.train.steps = steps
     cfg.train.threads = 1
@@ -120,10 +121,12 @@ def _state_tensors(run_dir):
     return flat
 
 
-@pytest.mark.parametrize("ema", [None, 0.9])
-def test_stop_and_resume_is_bitwise_identical(phantoms, tmp_path, monkeypatch, ema):
-    # 12 steps = 2.4 epochs, lr decaying over the second half, pools of 10 filling up.
-    cfg = tiny_config(phantoms, steps=12, decay_start=0.5, ema=ema)
+@pytest.mark.parametrize("extra", [{}, {"ema": 0.9}, {"coarse_size": 16, "coarse_until": 0.6, "d_layers": 2}],
+                         ids=["plain", "ema", "progressive"])
+def test_stop_and_resume_is_bitwise_identical(phantoms, tmp_path, monkeypatch, extra):
+    # 12 steps = 2.4 epochs, lr decaying over the second half, pools of 10 filling up; the
+    # progressive run stops while coarse (the first 8 steps) and resumes into the switch.
+    cfg = tiny_config(phantoms, steps=12, decay_start=0.5, **extra)
     train(cfg, tmp_path / "straight", quiet=True)
 
     step = Trainer.step
@@ -261,6 +264,45 @@ def test_trainer_step_on_a_raw_batch_updates_both_players():
     changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert {"G", "F", "D_ct", "D_mr"} <= changed
     assert trainer.step_index == 1
+
+
+def test_progressive_resizing_trains_coarse_slices_first():
+    from synthct.models import build_model
+
+    cfg = load_run_config("tiny")
+    cfg.train.coarse_size, cfg.train.coarse_until, cfg.model.d_layers = 16, 0.5, 2
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 1, 1)
+    trainer = Trainer(model, cfg, total_steps=4, device=torch.device("cpu"),
+                      precision=Precision("fp32", "cpu", "test"))
+    batch = {"mr": torch.rand(1, 1, 32, 32) * 2 - 1, "ct": torch.rand(1, 1, 32, 32) * 2 - 1}
+    sizes = []
+    for _ in range(4):
+        out = trainer.step(batch)
+        sizes.append((out.cache["batch"]["ct"].shape[-1], out.cache["fake_ct"].shape[-1]))
+    assert sizes == [(16, 16), (16, 16), (32, 32), (32, 32)]
+    assert model.pool_ct.images[0].shape[-1] == 32  # the coarse history was dropped at the switch
+
+
+def test_downsampled_batch_averages_whole_slices():
+    from synthct.engine.trainer import downsample_batch
+
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    small = downsample_batch({"mr": x, "ct": -x}, 2)
+    assert torch.equal(small["mr"], torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
+    assert torch.equal(small["ct"], -small["mr"])
+
+
+@pytest.mark.parametrize("coarse, until, message", [(32, 0.5, "smaller than data.size"),
+                                                    (18, 0.5, "multiple of 4"),
+                                                    (16, 0.5, "at least 32 for a PatchGAN with model.d_layers=3"),
+                                                    (16, 0.0, "coarse_until")])
+def test_bad_progressive_settings_are_clear_errors(phantoms, tmp_path, coarse, until, message):
+    d_layers = 2 if until == 0.0 else 3
+    with pytest.raises(SynthctError, match=message):
+        train(tiny_config(phantoms, steps=2, d_layers=d_layers, coarse_size=coarse, coarse_until=until),
+              tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
 
 
 def test_precision_choice_follows_the_hardware(monkeypatch):

@@ -148,6 +148,16 @@ def test_image_pool_state_round_trip_reproduces_the_future_through_safetensors()
     assert not all(torch.equal(fresh.query(batch), out) for batch, out in zip(stream[20:], expected))
 
 
+def test_image_pool_forgets_images_of_another_size():
+    pool = ImagePool(size=4, seed=0)
+    for value in range(6):
+        pool.query(torch.full((1, 1, 8, 8), float(value)))
+    assert len(pool) == 4
+    larger = torch.full((1, 1, 16, 16), 9.0)
+    assert torch.equal(pool.query(larger), larger)  # an empty history returns the new image
+    assert len(pool) == 1 and pool.images[0].shape == (1, 16, 16)
+
+
 def test_image_pool_of_size_zero_is_off():
     pool = ImagePool(size=0)
     x = torch.randn(3, 1, 4, 4)

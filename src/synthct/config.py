@@ -73,6 +73,11 @@ class TrainConfig:
     # Exponential moving average of the generators' weights (decay per step, e.g. 0.995): the
     # exported generators and snapshots are the averages; raw/ keeps the last unaveraged weights.
     ema: float | None = None
+    # Progressive resizing: the first coarse_until of the schedule (of the budget when the
+    # schedule follows the clock) trains on whole slices downsampled to coarse_size x coarse_size,
+    # at a quarter of the cost per step at half the size; the rest at data.size.
+    coarse_size: int | None = None
+    coarse_until: float = 0.5
     log_every: int = 10
     sample_every: int = 200
     checkpoint_every: int = 500

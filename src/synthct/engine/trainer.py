@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from synthct.config import RunConfig, config_to_dict, save_config
@@ -63,6 +64,27 @@ class StepOutput:
     losses: dict[str, float]
     skipped: bool
     cache: dict | None = None
+
+
+def downsample_batch(batch: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
+    """Whole slices at size x size; area averaging is the anti-aliased downsampling."""
+    return {name: F.interpolate(x, size=(size, size), mode="area") for name, x in batch.items()}
+
+
+def check_coarse(cfg: RunConfig) -> None:
+    size, until = cfg.train.coarse_size, cfg.train.coarse_until
+    if size is None:
+        return
+    multiple = 2 ** cfg.model.unet_downs if cfg.model.generator == "unet" else 4
+    if not 0 < size < cfg.data.size or size % multiple:
+        raise SynthctError(f"train.coarse_size must be smaller than data.size ({cfg.data.size}) and a multiple "
+                           f"of {multiple} for the {cfg.model.generator} generator, got {size}")
+    smallest = 2 ** (cfg.model.d_layers + 2)  # the PatchGAN's last two 4 x 4 convolutions need 4 pixels
+    if size < smallest:
+        raise SynthctError(f"train.coarse_size must be at least {smallest} for a PatchGAN with model.d_layers="
+                           f"{cfg.model.d_layers}, got {size}")
+    if not 0.0 < until <= 1.0:
+        raise SynthctError(f"train.coarse_until must be a fraction of training in (0, 1], got {until}")
 
 
 def _capture_rng() -> dict:
@@ -140,6 +162,17 @@ class Trainer:
     def lr(self) -> float:
         return self.opt_g.param_groups[0]["lr"]
 
+    @property
+    def progress(self) -> float:
+        """Share of the schedule done: of the budget when it follows the clock, else of the steps."""
+        return self.time_fraction if self.time_fraction is not None else self.step_index / self.total_steps
+
+    @property
+    def image_size(self) -> int:
+        """The slice size of the next step (progressive resizing: coarse first)."""
+        coarse = self.cfg.train.coarse_size
+        return coarse if coarse and self.progress < self.cfg.train.coarse_until else self.cfg.data.size
+
     def _to_device(self, batch: dict) -> dict[str, torch.Tensor]:
         return {name: torch.as_tensor(x).to(self.device, non_blocking=True).contiguous(
             memory_format=self.precision.train_memory_format) for name, x in batch.items()}
@@ -188,6 +221,8 @@ class Trainer:
         L_D only sees detached fakes, so computing it before G's update gives the same result
         as the reference order and lets a NaN in either loss skip the whole step."""
         batch = self._to_device(batch)
+        if self.image_size != batch["mr"].shape[-1]:
+            batch = self._to_device(downsample_batch(batch, self.image_size))
         self.opt_g.zero_grad(set_to_none=True)
         with self.precision.autocast():
             loss_g, terms, cache = self.model.generator_loss(batch)
@@ -431,6 +466,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: 
 
 
 def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
+    check_coarse(cfg)
     if env.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
     log = RunLogger(run_dir, enabled=env.is_main and not quiet, writes_files=env.is_main)
@@ -481,7 +517,8 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
             f"batch {cfg.train.batch_size}, {steps_per_epoch} steps/epoch"
             + (f", {cfg.train.max_minutes:g} min with the lr schedule following the clock" if by_time
                else f", {total_steps} steps")
-            + (f", resuming at step {trainer.step_index}" if resume else ""))
+            + (f", resuming at step {trainer.step_index}" if resume else "")
+            + (f"; the first {cfg.train.coarse_until:.0%} at {cfg.train.coarse_size}px" if cfg.train.coarse_size else ""))
 
     def checkpoint() -> dict[str, Path]:
         """Full state for resuming, then the generators for translating (rank 0 only)."""

@@ -28,6 +28,9 @@ class ImagePool:
     def query(self, images: Tensor) -> Tensor:
         if self.size == 0:
             return images
+        if self.images and self.images[0].shape != images.shape[1:]:
+            # Progressive resizing changed the image size: older fakes no longer fit a batch.
+            self.images = []
         returned = []
         for image in images.detach():
             if len(self.images) < self.size:
