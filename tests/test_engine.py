@@ -331,7 +331,8 @@ def test_cpu_training_layout_follows_the_precision(name, layout):
     trainer = Trainer(model, cfg, total_steps=2, device=torch.device("cpu"), precision=precision)
     weight = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1)
     assert weight.is_contiguous(memory_format=layout)
-    batch = trainer._to_device({"mr": np.zeros((1, 1, 32, 32), np.float32), "ct": np.zeros((1, 1, 32, 32), np.float32)})
+    # Three channels: a one-channel tensor is contiguous in both layouts and would prove nothing.
+    batch = trainer._to_device({"mr": np.zeros((2, 3, 8, 8), np.float32), "ct": np.zeros((2, 3, 8, 8), np.float32)})
     assert all(x.is_contiguous(memory_format=layout) for x in batch.values())
     trainer.step({"mr": torch.rand(1, 1, 32, 32) * 2 - 1, "ct": torch.rand(1, 1, 32, 32) * 2 - 1})
     assert weight.is_contiguous(memory_format=layout)  # fused Adam keeps the layout
