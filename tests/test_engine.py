@@ -293,12 +293,13 @@ def test_downsampled_batch_averages_whole_slices():
     assert torch.equal(small["ct"], -small["mr"])
 
 
-@pytest.mark.parametrize("coarse, until, message", [(32, 0.5, "smaller than data.size"),
-                                                    (18, 0.5, "multiple of 4"),
-                                                    (16, 0.5, "at least 32 for a PatchGAN with model.d_layers=3"),
-                                                    (16, 0.0, "coarse_until")])
-def test_bad_progressive_settings_are_clear_errors(phantoms, tmp_path, coarse, until, message):
-    d_layers = 2 if until == 0.0 else 3
+@pytest.mark.parametrize("coarse, until, d_layers, message", [
+    (32, 0.5, 3, "smaller than data.size"),
+    (18, 0.5, 3, "multiple of 4"),
+    (16, 0.5, 3, "at least 32 for a PatchGAN with model.d_layers=3"),
+    (16, 0.0, 2, "coarse_until"),
+])
+def test_bad_progressive_settings_are_clear_errors(phantoms, tmp_path, coarse, until, d_layers, message):
     with pytest.raises(SynthctError, match=message):
         train(tiny_config(phantoms, steps=2, d_layers=d_layers, coarse_size=coarse, coarse_until=until),
               tmp_path / "run", quiet=True)
