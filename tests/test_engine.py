@@ -121,11 +121,12 @@ def _state_tensors(run_dir):
     return flat
 
 
-@pytest.mark.parametrize("extra", [{}, {"ema": 0.9}, {"coarse_size": 16, "coarse_until": 0.6, "d_layers": 2}],
-                         ids=["plain", "ema", "progressive"])
+@pytest.mark.parametrize("extra", [{}, {"ema": 0.9}, {"coarse_size": 16, "coarse_until": 0.6, "d_layers": 2},
+                                   {"contrast_warmup": 0.6}],
+                         ids=["plain", "ema", "progressive", "warmup"])
 def test_stop_and_resume_is_bitwise_identical(phantoms, tmp_path, monkeypatch, extra):
     # 12 steps = 2.4 epochs, lr decaying over the second half, pools of 10 filling up; the
-    # progressive run stops while coarse (the first 8 steps) and resumes into the switch.
+    # progressive and warm-up runs stop in their first phase (8 steps) and resume into the switch.
     cfg = tiny_config(phantoms, steps=12, decay_start=0.5, **extra)
     train(cfg, tmp_path / "straight", quiet=True)
 

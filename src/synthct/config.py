@@ -78,6 +78,10 @@ class TrainConfig:
     # at a quarter of the cost per step at half the size; the rest at data.size.
     coarse_size: int | None = None
     coarse_until: float = 0.5
+    # Contrast warm-up (CycleGAN): the first contrast_warmup of the schedule trains only the
+    # generators, each to restore its own domain's slices from random grey-level maps of them
+    # (models/contrast.py), before the adversarial game starts; 0 = off, 1 = warm-up only.
+    contrast_warmup: float = 0.0
     log_every: int = 10
     sample_every: int = 200
     checkpoint_every: int = 500

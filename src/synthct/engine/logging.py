@@ -90,9 +90,13 @@ class RunLogger:
         if self.columns is None:
             self.columns = self._existing_columns()
         new_file = self.columns is None
+        keys = list(dict.fromkeys(k for row in self.rows for k in row if k not in BASE_COLUMNS))
         if new_file:
-            losses = [k for row in self.rows for k in row if k not in BASE_COLUMNS]
-            self.columns = list(BASE_COLUMNS) + list(dict.fromkeys(losses))
+            self.columns = list(BASE_COLUMNS) + keys
+        elif any(k not in self.columns for k in keys):
+            # New loss terms (e.g. after the contrast warm-up): widen the header of the rows so far.
+            self.columns += [k for k in keys if k not in self.columns]
+            self._rewrite(read_log(self.path))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
         if new_file:
@@ -117,12 +121,16 @@ class RunLogger:
         """On resume: drop rows logged after the checkpoint the run continues from."""
         if not self.active or not self.path.is_file():
             return
-        rows = read_log(self.path)
-        columns = self._existing_columns()
+        self.columns = self._existing_columns()
+        if self.columns is None:
+            return
+        self._rewrite([row for row in read_log(self.path) if int(row["step"]) <= step])
+
+    def _rewrite(self, rows: list[dict]) -> None:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: row.get(k, "") for k in columns} for row in rows if int(row["step"]) <= step)
+        writer.writerows({k: row.get(k, "") for k in self.columns} for row in rows)
         atomic_write_text(self.path, buffer.getvalue())
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ on a run folder.
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import signal
 import threading
@@ -85,6 +86,14 @@ def check_coarse(cfg: RunConfig) -> None:
                            f"{cfg.model.d_layers}, got {size}")
     if not 0.0 < until <= 1.0:
         raise SynthctError(f"train.coarse_until must be a fraction of training in (0, 1], got {until}")
+
+
+def check_warmup(cfg: RunConfig) -> None:
+    warmup = cfg.train.contrast_warmup
+    if not 0.0 <= warmup <= 1.0:
+        raise SynthctError(f"train.contrast_warmup must be a fraction of training in [0, 1], got {warmup}")
+    if warmup and cfg.model.name != "cyclegan":
+        raise SynthctError(f"train.contrast_warmup is a CycleGAN warm-up; model.name is {cfg.model.name}")
 
 
 def _capture_rng() -> dict:
@@ -173,6 +182,11 @@ class Trainer:
         coarse = self.cfg.train.coarse_size
         return coarse if coarse and self.progress < self.cfg.train.coarse_until else self.cfg.data.size
 
+    @property
+    def in_warmup(self) -> bool:
+        """Whether the next step is a contrast warm-up step (generators only)."""
+        return self.progress < self.cfg.train.contrast_warmup
+
     def _to_device(self, batch: dict) -> dict[str, torch.Tensor]:
         return {name: torch.as_tensor(x).to(self.device, non_blocking=True).contiguous(
             memory_format=self.precision.train_memory_format) for name, x in batch.items()}
@@ -200,7 +214,7 @@ class Trainer:
         with warnings.catch_warnings():
             # The schedule follows steps taken, also when GradScaler or nan_policy=skip left out
             # an optimiser update; torch warns about exactly that order.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.sched_g.step()
             if self.sched_d:
                 self.sched_d.step()
@@ -216,13 +230,16 @@ class Trainer:
             optimizer.step()
 
     def step(self, batch: dict) -> StepOutput:
-        """One step: L_G -> backward -> L_D -> backward -> Adam on G, Adam on D.
+        """One step: L_G -> backward -> L_D -> backward -> Adam on G, Adam on D (or, while the
+        contrast warm-up lasts, a warm-up step of the generators alone).
 
         L_D only sees detached fakes, so computing it before G's update gives the same result
         as the reference order and lets a NaN in either loss skip the whole step."""
         batch = self._to_device(batch)
         if self.image_size != batch["mr"].shape[-1]:
             batch = self._to_device(downsample_batch(batch, self.image_size))
+        if self.in_warmup:
+            return self._warmup_step(batch)
         self.opt_g.zero_grad(set_to_none=True)
         with self.precision.autocast():
             loss_g, terms, cache = self.model.generator_loss(batch)
@@ -240,6 +257,20 @@ class Trainer:
         self._update(self.opt_g)
         if self.opt_d:
             self._update(self.opt_d)
+        return self._finish(terms, cache | {"batch": batch})
+
+    def _warmup_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        """L_warm -> backward -> Adam on the generators; the discriminators wait."""
+        self.opt_g.zero_grad(set_to_none=True)
+        with self.precision.autocast():
+            loss, terms = self.model.warmup_loss(batch)
+        if not self._check_finite(loss, "warm-up"):
+            return self._skip()
+        self._backward(loss, self.g_params)
+        self._update(self.opt_g)
+        return self._finish(terms, None)
+
+    def _finish(self, terms: dict[str, torch.Tensor], cache: dict | None) -> StepOutput:
         if self.scaler:
             self.scaler.update()
         generators = self.model.generators()
@@ -248,7 +279,7 @@ class Trainer:
         self._advance()
         names = list(terms)
         values = torch.stack([terms[n].detach().float().reshape(()) for n in names]).tolist() if names else []
-        return StepOutput(dict(zip(names, values)), skipped=False, cache=cache | {"batch": batch})
+        return StepOutput(dict(zip(names, values)), skipped=False, cache=cache)
 
     def export_generators(self) -> dict[str, nn.Module]:
         """The generators to translate with: the averages when train.ema is set."""
@@ -467,6 +498,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: 
 
 def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
     check_coarse(cfg)
+    check_warmup(cfg)
     if env.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
     log = RunLogger(run_dir, enabled=env.is_main and not quiet, writes_files=env.is_main)
@@ -518,7 +550,9 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
             + (f", {cfg.train.max_minutes:g} min with the lr schedule following the clock" if by_time
                else f", {total_steps} steps")
             + (f", resuming at step {trainer.step_index}" if resume else "")
-            + (f"; the first {cfg.train.coarse_until:.0%} at {cfg.train.coarse_size}px" if cfg.train.coarse_size else ""))
+            + (f"; the first {cfg.train.coarse_until:.0%} at {cfg.train.coarse_size}px" if cfg.train.coarse_size else "")
+            + (f"; the first {cfg.train.contrast_warmup:.0%} a contrast warm-up of the generators"
+               if cfg.train.contrast_warmup else ""))
 
     def checkpoint() -> dict[str, Path]:
         """Full state for resuming, then the generators for translating (rank 0 only)."""

@@ -15,6 +15,7 @@ from torch.nn.functional import l1_loss
 
 from synthct.config import ModelConfig
 from synthct.models.common import centre_channel, init_weights, set_requires_grad
+from synthct.models.contrast import random_grey_map
 from synthct.models.discriminator import PatchDiscriminator
 from synthct.models.generators import build_generator
 from synthct.models.losses import GANLoss, build_structure_loss
@@ -104,6 +105,17 @@ class CycleGAN(nn.Module):
         cache = {"fake_ct": fake_ct.detach(), "fake_mr": fake_mr.detach(),
                  "rec_mr": rec_mr.detach(), "rec_ct": rec_ct.detach()}
         return total, {name: value.detach() for name, value in terms.items()}, cache
+
+    def warmup_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The contrast warm-up before the adversarial game (train.contrast_warmup):
+        L_warm = |G(h(ct)) - ct|_1 + |F(h'(mr)) - mr|_1 for random grey-level maps h, h'
+        (models/contrast.py). Each image is its own target, so no pairing is used."""
+        real_mr, real_ct = batch["mr"], batch["ct"]
+        terms = {
+            "warm_ct": l1_loss(self.G(random_grey_map(real_ct)).float(), real_ct.float()),  # |G(h(ct)) - ct|
+            "warm_mr": l1_loss(self.F(random_grey_map(real_mr)).float(), real_mr.float()),  # |F(h'(mr)) - mr|
+        }
+        return sum(terms.values()), {name: value.detach() for name, value in terms.items()}
 
     def discriminator_loss(self, batch: dict[str, Tensor], cache: dict) -> tuple[Tensor, dict[str, Tensor]]:
         set_requires_grad([self.D_ct, self.D_mr], True)
