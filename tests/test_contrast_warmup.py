@@ -1,37 +1,17 @@
 """Contrast warm-up: random grey-level maps, the warm-up objective, and the training phase that
 trains only the generators before the adversarial game."""
 
-import csv
-
 import pytest
 import torch
 
+from test_engine import log_rows, phantoms, tiny_config, tiny_trainer  # noqa: F401 (phantoms is a fixture)
+
 from synthct.engine import load_run_config
 from synthct.engine.checkpoint import load_generator
-from synthct.engine.precision import Precision
-from synthct.engine.trainer import Trainer, seed_everything, train
+from synthct.engine.trainer import seed_everything, train
 from synthct.errors import SynthctError
 from synthct.models import build_model
 from synthct.models.contrast import random_grey_map
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    from synthct.data.phantom import write_phantoms
-
-    root = tmp_path_factory.mktemp("phantoms")
-    write_phantoms(2, root, size=(32, 32, 10))
-    return root
-
-
-def tiny_config(root, steps, **train_settings):
-    cfg = load_run_config("tiny")
-    cfg.data.root = str(root)
-    cfg.train.steps, cfg.train.threads, cfg.train.device = steps, 1, "cpu"
-    cfg.train.sample_every = cfg.train.checkpoint_every = 0
-    for key, value in train_settings.items():
-        setattr(cfg.train, key, value)
-    return cfg
 
 
 def three_tissue_slice():
@@ -85,10 +65,7 @@ def test_an_empty_slice_maps_to_a_dark_constant():
 def test_warmup_steps_train_only_the_generators_then_the_game_starts():
     cfg = load_run_config("tiny")
     cfg.train.contrast_warmup = 0.5
-    torch.manual_seed(0)
-    model = build_model(cfg.model, 1, 1)
-    trainer = Trainer(model, cfg, total_steps=4, device=torch.device("cpu"),
-                      precision=Precision("fp32", "cpu", "test"))
+    model, trainer = tiny_trainer(cfg, total_steps=4)
     batch = {"mr": torch.rand(1, 1, 32, 32) * 2 - 1, "ct": torch.rand(1, 1, 32, 32) * 2 - 1}
     phases = []
     for _ in range(4):
@@ -126,8 +103,7 @@ def test_warmup_alone_teaches_g_to_turn_unseen_mr_into_ct(phantoms, tmp_path):
 
 def test_the_log_gains_the_game_columns_after_the_warmup(phantoms, tmp_path):
     train(tiny_config(phantoms, steps=12, contrast_warmup=0.5, log_every=3), tmp_path, quiet=True)
-    with open(tmp_path / "log.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = log_rows(tmp_path)
     assert [int(r["step"]) for r in rows] == list(range(1, 13))
     assert {"warm_ct", "warm_mr", "G_gan", "cycle_ct", "D_ct"} <= set(rows[0])
     assert rows[0]["warm_ct"] and not rows[0]["G_gan"]

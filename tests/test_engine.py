@@ -41,6 +41,16 @@ def tiny_config(root, steps=20, d_layers=3, **train):
     return cfg
 
 
+def tiny_trainer(cfg, total_steps):
+    """A Trainer of a fresh tiny model (seed 0) on the CPU in fp32, for stepping by hand."""
+    from synthct.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 1, 1)
+    return model, Trainer(model, cfg, total_steps=total_steps, device=torch.device("cpu"),
+                          precision=Precision("fp32", "cpu", "test"))
+
+
 def log_rows(run_dir):
     with open(run_dir / "log.csv", newline="") as fh:
         return list(csv.DictReader(fh))
@@ -268,14 +278,9 @@ def test_trainer_step_on_a_raw_batch_updates_both_players():
 
 
 def test_progressive_resizing_trains_coarse_slices_first():
-    from synthct.models import build_model
-
     cfg = load_run_config("tiny")
     cfg.train.coarse_size, cfg.train.coarse_until, cfg.model.d_layers = 16, 0.5, 2
-    torch.manual_seed(0)
-    model = build_model(cfg.model, 1, 1)
-    trainer = Trainer(model, cfg, total_steps=4, device=torch.device("cpu"),
-                      precision=Precision("fp32", "cpu", "test"))
+    model, trainer = tiny_trainer(cfg, total_steps=4)
     batch = {"mr": torch.rand(1, 1, 32, 32) * 2 - 1, "ct": torch.rand(1, 1, 32, 32) * 2 - 1}
     sizes = []
     for _ in range(4):

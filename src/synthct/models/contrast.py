@@ -43,7 +43,7 @@ def random_grey_map(x: Tensor, knots: int = 12) -> Tensor:
         # Strictly increasing knots (quantiles repeat where many pixels share a grey).
         inputs = torch.cummax(inputs, 0).values + torch.arange(knots + 1) * 1e-6
         inputs, outputs = inputs.to(x.device), outputs.to(x.device)
-        upper = torch.searchsorted(inputs, greys.contiguous()).clamp(1, knots)
+        upper = torch.searchsorted(inputs, greys).clamp(1, knots)
         low, high = inputs[upper - 1], inputs[upper]
         t = ((greys - low) / (high - low)).clamp(0, 1)
         mapped = outputs[upper - 1] + t * (outputs[upper] - outputs[upper - 1])
