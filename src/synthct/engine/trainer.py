@@ -235,9 +235,9 @@ class Trainer:
 
         L_D only sees detached fakes, so computing it before G's update gives the same result
         as the reference order and lets a NaN in either loss skip the whole step."""
-        batch = self._to_device(batch)
         if self.image_size != batch["mr"].shape[-1]:
-            batch = self._to_device(downsample_batch(batch, self.image_size))
+            batch = downsample_batch(batch, self.image_size)
+        batch = self._to_device(batch)
         if self.in_warmup:
             return self._warmup_step(batch)
         self.opt_g.zero_grad(set_to_none=True)
