@@ -100,12 +100,24 @@ def all_true(flag: bool, env: DistEnv, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def any_true(flag: bool, env: DistEnv, device: torch.device) -> bool:
+def max_over_ranks(value: int, env: DistEnv, device: torch.device) -> int:
+    """The largest of every rank's ``value``, on every rank."""
     if not env.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
+        return value
+    t = torch.tensor([value], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return int(t.item())
+
+
+def gather_to_main(obj, env: DistEnv) -> list | None:
+    """Every rank's ``obj`` (CPU tensors and plain data) on rank 0, None on the others; ``[obj]``
+    in a single process. Every rank must call it. The objects travel pickled between this run's
+    own processes, never from a file."""
+    if not env.enabled:
+        return [obj]
+    gathered = [None] * env.world_size if env.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
 
 
 def shard(indices: list[int], env: DistEnv) -> list[int]:

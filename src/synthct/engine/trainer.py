@@ -285,36 +285,53 @@ class Trainer:
         """The generators to translate with: the averages when train.ema is set."""
         return {d: average.module for d, average in self.ema.items()} or self.model.generators()
 
-    def state_dict(self) -> dict:
+    def replica_state(self) -> dict:
+        """What differs between data-parallel processes: their RNG streams and the image pools
+        of the fakes each one generated (on the CPU, so it can travel to rank 0)."""
+        state = {"rng": _capture_rng()}
+        if hasattr(self.model, "pools_state_dict"):
+            state["pools"] = {name: t.cpu() for name, t in self.model.pools_state_dict().items()}
+        return state
+
+    def state_dict(self, replicas: list[dict] | None = None) -> dict:
+        """The whole training state; ``replicas`` are every process's :meth:`replica_state`
+        (rank order) in a data-parallel run, stored apart so each process resumes its own."""
+        replicas = replicas or [self.replica_state()]
         state = {
             "step": self.step_index,
             "skipped_steps": self.skipped_steps,
             "model": dict(self.model.state_dict()),
             "opt_g": self.opt_g.state_dict(),
             "sched_g": self.sched_g.state_dict(),
-            "rng": _capture_rng(),
         }
+        state |= replicas[0] if len(replicas) == 1 else {"replicas": replicas}
         if self.opt_d:
             state["opt_d"] = self.opt_d.state_dict()
             state["sched_d"] = self.sched_d.state_dict()
-        if hasattr(self.model, "pools_state_dict"):
-            state["pools"] = self.model.pools_state_dict()
         if self.scaler:
             state["scaler"] = self.scaler.state_dict()
         if self.ema:
             state["ema"] = {d: dict(average.state_dict()) for d, average in self.ema.items()}
         return state
 
+    def _own_replica_state(self, state: dict) -> dict:
+        replicas = state.get("replicas")
+        if replicas is None:  # a single-process checkpoint
+            return state
+        # Resumed on more processes than saved it: the extra ones start from rank 0's streams.
+        return replicas[self.env.rank] if self.env.rank < len(replicas) else replicas[0]
+
     def load_state_dict(self, state: dict) -> None:
         try:
+            own = self._own_replica_state(state)
             self.model.load_state_dict(state["model"], strict=True)
             self.opt_g.load_state_dict(state["opt_g"])
             self.sched_g.load_state_dict(state["sched_g"])
             if self.opt_d:
                 self.opt_d.load_state_dict(state["opt_d"])
                 self.sched_d.load_state_dict(state["sched_d"])
-            if "pools" in state and hasattr(self.model, "load_pools_state_dict"):
-                self.model.load_pools_state_dict(state["pools"])
+            if "pools" in own and hasattr(self.model, "load_pools_state_dict"):
+                self.model.load_pools_state_dict(own["pools"])
             if self.scaler and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
             for direction, average in self.ema.items():
@@ -326,7 +343,7 @@ class Trainer:
                 _match_parameter_layout(optimizer)
         self.step_index = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        _restore_rng(state["rng"])
+        _restore_rng(own["rng"])
 
 
 def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
@@ -555,12 +572,14 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
                if cfg.train.contrast_warmup else ""))
 
     def checkpoint() -> dict[str, Path]:
-        """Full state for resuming, then the generators for translating (rank 0 only)."""
+        """Full state for resuming, then the generators for translating (written by rank 0;
+        every process must call it, since each hands rank 0 its own RNG streams and pools)."""
+        replicas = ddp.gather_to_main(trainer.replica_state(), env)
         if not env.is_main:
             return {}
         log.flush()
         epoch = trainer.step_index // steps_per_epoch
-        state = trainer.state_dict() | {"epoch": epoch, "elapsed_s": elapsed_before + clock() - train_started}
+        state = trainer.state_dict(replicas) | {"epoch": epoch, "elapsed_s": elapsed_before + clock() - train_started}
         save_state(checkpoints, state)
         if trainer.ema:
             export_generators(model.generators(), cfg, run_dir / "raw", dataset, trainer.step_index, epoch)
@@ -571,8 +590,9 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
             meta = generator_meta(cfg, module, direction, dataset, step, epoch)
             save_generator(module, run_dir / "snapshots" / f"generator_{direction}_step{step:07d}", meta)
 
-    stopped, last_losses, generators = "done", {}, {}
+    stopped, stop_signal, last_losses, generators = "done", None, {}, {}
     saved_at = trainer.step_index if resume else -1
+    saved_here = False  # rank-independent, unlike `generators`, so every process checkpoints together
     clock = _budget_clock(cfg.train.clock)
     train_started = clock()  # budgets count training, not data loading
 
@@ -617,20 +637,23 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
                 log.flush()
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total_steps:
                 generators = checkpoint()
-                saved_at = step
+                saved_at, saved_here = step, True
             if next_snapshot is not None and spent_s() >= next_snapshot:
                 if env.is_main:
                     snapshot(step, epoch)
                 next_snapshot += snapshot_s
             over_budget = budget_s is not None and spent_s() >= budget_s
-            if ddp.any_true(signals.received is not None or over_budget, env, device):
-                stopped = "signal" if signals.received is not None else "budget"
+            # 0 go on, 1 budget spent, else a signal number (SIGINT 2, SIGTERM 15): every process
+            # stops at the same step for the same reason, also when only one of them was signalled.
+            stop = ddp.max_over_ranks(signals.received or int(over_budget), env, device)
+            if stop:
+                stopped, stop_signal = ("signal", stop) if stop > 1 else ("budget", None)
                 break
-        if saved_at != trainer.step_index or not generators:
+        if saved_at != trainer.step_index or not saved_here:
             generators = checkpoint()
     epoch = trainer.step_index // steps_per_epoch
     if stopped == "signal":
-        name = signal.Signals(signals.received).name if signals.received else "signal"
+        name = signal.Signals(stop_signal).name
         log.say(f"stopped by {name} at step {trainer.step_index}; resumable state saved "
                 f"(synthct train --resume {run_dir})")
     elif stopped == "budget":
@@ -643,6 +666,6 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
         log.say(f"done: {trainer.step_index}{'' if by_time else f'/{total_steps}'} steps, data wait {log.data_wait_fraction():.0%} "
                 f"of step time, {trainer.skipped_steps} skipped; generators in {run_dir}")
     return TrainResult(run_dir=run_dir, steps=trainer.step_index, total_steps=total_steps, epoch=epoch,
-                       stopped=stopped, signal=signals.received if stopped == "signal" else None,
+                       stopped=stopped, signal=stop_signal,
                        losses=last_losses, skipped_steps=trainer.skipped_steps, precision=precision.name,
                        device=str(device), generators=generators, model=model)
