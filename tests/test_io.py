@@ -126,7 +126,12 @@ def _bad_inputs(tmp_path):
                     str(tmp_path / "vector.nrrd"))
     nan = np.zeros((3, 4, 5), dtype=np.float32)
     nan[1, 1, 1] = np.nan
-    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.mha"))  # ITK's NIfTI reader drops NaN
+    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.mha"))
+    # ITK's NIfTI reader would turn these into 0 (water, in a CT): synthct checks the voxel data itself.
+    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.nii"))
+    inf = np.zeros((3, 4, 5), dtype=np.float64)
+    inf[2, 3, 4] = -np.inf
+    sitk.WriteImage(sitk.GetImageFromArray(inf), str(tmp_path / "inf.nii.gz"))
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     return {
         "missing.nii.gz": "no such file",
@@ -138,6 +143,8 @@ def _bad_inputs(tmp_path):
         "4d.nii.gz": "4D image",
         "vector.nrrd": "vector image",
         "nan.mha": "NaN or Inf",
+        "nan.nii": "1 voxels are NaN or Inf",
+        "inf.nii.gz": "1 voxels are NaN or Inf",
         "objects.npy": "not a plain numeric",
     }
 

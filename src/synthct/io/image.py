@@ -308,6 +308,7 @@ def _read_with_sitk(path: Path, fmt: str) -> sitk.Image:
     _check_size(reader.GetSize(), path, reader.GetNumberOfComponents())
     if suffix in (".nii", ".nii.gz"):
         _check_nifti_length(path)
+        _check_nifti_finite(path)
     try:
         return reader.Execute()
     except RuntimeError as exc:
@@ -365,6 +366,41 @@ def _check_nifti_length(path: Path) -> None:
         raise SynthctError("truncated or corrupt compressed NIfTI", path) from None
     if expected is not None and actual < expected:
         raise SynthctError(f"truncated NIfTI: header promises {expected} bytes, file holds {actual}", path)
+
+
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI-1 datatype codes FLOAT32, FLOAT64
+
+
+def _check_nifti_finite(path: Path) -> None:
+    """Refuse NaN / Inf voxels in a float NIfTI as in every other format: ITK's NIfTI reader
+    silently turns them into 0, which in a CT is water where the scan had no value."""
+    import gzip
+    import struct
+    import zlib
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    bad = 0
+    try:
+        with opener(path, "rb") as fh:
+            header = fh.read(348)
+            for order in "<>":
+                if len(header) == 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+                    break
+            else:
+                return  # NIfTI-2 or unparsable: ITK has already judged the header
+            datatype = struct.unpack(order + "h", header[70:72])[0]
+            vox_offset = struct.unpack(order + "f", header[108:112])[0]
+            if datatype not in NIFTI_FLOAT_TYPES or not 348 <= vox_offset < 2**40:
+                return
+            dtype = np.dtype(order + NIFTI_FLOAT_TYPES[datatype])
+            fh.seek(int(vox_offset))
+            while chunk := fh.read(dtype.itemsize << 22):
+                values = np.frombuffer(chunk[: len(chunk) - len(chunk) % dtype.itemsize], dtype)
+                bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+    except (OSError, EOFError, zlib.error):
+        raise SynthctError("truncated or corrupt NIfTI voxel data", path) from None
+    if bad:
+        raise SynthctError(f"{bad} voxels are NaN or Inf", path)
 
 
 def _first_line(exc: Exception) -> str:
