@@ -315,25 +315,41 @@ def _read_with_sitk(path: Path, fmt: str) -> sitk.Image:
         raise SynthctError(f"cannot read {fmt} data ({_first_line(exc)})", path) from None
 
 
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """Header + voxel bytes a NIfTI-1 header promises (None for NIfTI-2 or an unparsable header)."""
+@dataclass(frozen=True)
+class _NiftiHeader:
+    order: str  # struct byte order, "<" or ">"
+    dims: tuple[int, ...]
+    datatype: int
+    bitpix: int
+    vox_offset: float
+
+
+def _parse_nifti_header(header: bytes) -> _NiftiHeader | None:
+    """The fields of a NIfTI-1 header synthct checks itself (None for NIfTI-2 or unparsable)."""
     import struct
 
     if len(header) < 348:
         return None
     for order in "<>":
         if struct.unpack(order + "i", header[:4])[0] == 348:
-            dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
-            vox_offset = struct.unpack(order + "f", header[108:112])[0]
-            ndim = dims[0]
-            if not 1 <= ndim <= 7 or bitpix <= 0 or not np.isfinite(vox_offset):
-                return None
-            voxels = 1
-            for d in dims[1:ndim + 1]:
-                voxels *= max(int(d), 0)
-            return int(vox_offset) + voxels * bitpix // 8
+            return _NiftiHeader(order, struct.unpack(order + "8h", header[40:56]),
+                                *struct.unpack(order + "2h", header[70:74]),
+                                struct.unpack(order + "f", header[108:112])[0])
     return None
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Header + voxel bytes a NIfTI-1 header promises (None for NIfTI-2 or an unparsable header)."""
+    parsed = _parse_nifti_header(header)
+    if parsed is None:
+        return None
+    ndim = parsed.dims[0]
+    if not 1 <= ndim <= 7 or parsed.bitpix <= 0 or not np.isfinite(parsed.vox_offset):
+        return None
+    voxels = 1
+    for d in parsed.dims[1:ndim + 1]:
+        voxels *= max(int(d), 0)
+    return int(parsed.vox_offset) + voxels * parsed.bitpix // 8
 
 
 def _check_nifti_length(path: Path) -> None:
@@ -375,25 +391,18 @@ def _check_nifti_finite(path: Path) -> None:
     """Refuse NaN / Inf voxels in a float NIfTI as in every other format: ITK's NIfTI reader
     silently turns them into 0, which in a CT is water where the scan had no value."""
     import gzip
-    import struct
     import zlib
 
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     bad = 0
     try:
         with opener(path, "rb") as fh:
-            header = fh.read(348)
-            for order in "<>":
-                if len(header) == 348 and struct.unpack(order + "i", header[:4])[0] == 348:
-                    break
-            else:
-                return  # NIfTI-2 or unparsable: ITK has already judged the header
-            datatype = struct.unpack(order + "h", header[70:72])[0]
-            vox_offset = struct.unpack(order + "f", header[108:112])[0]
-            if datatype not in NIFTI_FLOAT_TYPES or not 348 <= vox_offset < 2**40:
+            header = _parse_nifti_header(fh.read(348))
+            # NIfTI-2 and unparsable headers were already judged by ITK; integers cannot be NaN.
+            if header is None or header.datatype not in NIFTI_FLOAT_TYPES or not 348 <= header.vox_offset < 2**40:
                 return
-            dtype = np.dtype(order + NIFTI_FLOAT_TYPES[datatype])
-            fh.seek(int(vox_offset))
+            dtype = np.dtype(header.order + NIFTI_FLOAT_TYPES[header.datatype])
+            fh.seek(int(header.vox_offset))
             while chunk := fh.read(dtype.itemsize << 22):
                 values = np.frombuffer(chunk[: len(chunk) - len(chunk) % dtype.itemsize], dtype)
                 bad += int(values.size - np.count_nonzero(np.isfinite(values)))
