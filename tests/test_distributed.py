@@ -1,5 +1,5 @@
 """Data parallelism: two gloo processes (as torchrun would start them) train from the same
-rank-0 weights with averaged gradients and end with identical weights."""
+rank-0 weights with averaged gradients, end with identical weights, and stop and resume together."""
 
 import os
 import socket
@@ -12,78 +12,35 @@ from safetensors.torch import load_file
 
 from synthct.engine.distributed import DistEnv, detect_env, shard
 
-WORKER = textwrap.dedent("""
-    import sys, torch
-    from safetensors.torch import save_file
-    from synthct.engine import load_run_config
-    from synthct.engine.trainer import train
-
-    root, run_dir, out = sys.argv[1:4]
-    cfg = load_run_config("tiny")
-    cfg.data.root = root
-    cfg.train.steps = 4
-    cfg.train.batch_size = 2
-    cfg.train.threads = 1
-    cfg.train.device = "cpu"
-    cfg.train.sample_every = 0
-    result = train(cfg, run_dir, quiet=True)
-    assert result.steps == 4, result
-    save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, out)
-""")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
-    from synthct.data.phantom import write_phantoms
-
-    write_phantoms(2, tmp_path / "data", size=(32, 32, 10))
-    port = str(_free_port())
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(tmp_path / "data"), str(tmp_path / "run"),
-             str(tmp_path / f"rank{rank}.safetensors")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-    rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2))
-    assert rank0.keys() == rank1.keys()
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key
-    # Training moved the weights, so equality is not just the shared initialisation...
-    from synthct.engine import load_run_config
-    from synthct.engine.trainer import seed_everything
-    from synthct.models import build_model
-
-    seed_everything(0)
-    initial = build_model(load_run_config("tiny").model, 1, 1).state_dict()
-    assert not torch.equal(initial["G.stem.1.weight"], rank0["G.stem.1.weight"])
-    # ...and only rank 0 wrote the run folder (header + one row per step).
-    assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 5
-    assert (tmp_path / "run" / "checkpoints" / "state.json").is_file()
-
-RESUME_WORKER = textwrap.dedent("""
+# What every worker below starts with: the tiny preset on the phantoms in argv[1], batch 2 per rank.
+TINY_RUN = textwrap.dedent("""
     import os, signal, sys
     from synthct.engine import load_run_config
     from synthct.engine.trainer import Trainer, train
 
-    root, run_dir, mode = sys.argv[1:4]
     cfg = load_run_config("tiny")
-    cfg.data.root = root
-    cfg.train.steps = 6
+    cfg.data.root = sys.argv[1]
     cfg.train.batch_size = 2
-    cfg.train.decay_start = 0.5
     cfg.train.threads = 1
     cfg.train.device = "cpu"
     cfg.train.sample_every = 0
+""")
+
+WORKER = TINY_RUN + textwrap.dedent("""
+    from safetensors.torch import save_file
+
+    run_dir, out_dir = sys.argv[2:4]
+    cfg.train.steps = 4
+    result = train(cfg, run_dir, quiet=True)
+    assert result.steps == 4, result
+    save_file({k: v.contiguous() for k, v in result.model.state_dict().items()},
+              f"{out_dir}/rank{os.environ['RANK']}.safetensors")
+""")
+
+RESUME_WORKER = TINY_RUN + textwrap.dedent("""
+    run_dir, mode = sys.argv[2:4]
+    cfg.train.steps = 6
+    cfg.train.decay_start = 0.5
     cfg.train.checkpoint_every = 0
     cfg.model.pool_size = 2  # full after the first step, so later steps draw from each rank's own fakes
     if mode == "stop" and os.environ["RANK"] == "0":
@@ -103,7 +60,14 @@ RESUME_WORKER = textwrap.dedent("""
 """)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _two_ranks(worker: str, *args: str) -> None:
+    """Run ``worker`` as ranks 0 and 1 of a gloo process group, as torchrun would."""
     port = str(_free_port())
     procs = []
     for rank in range(2):
@@ -114,6 +78,28 @@ def _two_ranks(worker: str, *args: str) -> None:
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
+
+
+def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
+    from synthct.data.phantom import write_phantoms
+
+    write_phantoms(2, tmp_path / "data", size=(32, 32, 10))
+    _two_ranks(WORKER, str(tmp_path / "data"), str(tmp_path / "run"), str(tmp_path))
+    rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2))
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    # Training moved the weights, so equality is not just the shared initialisation...
+    from synthct.engine import load_run_config
+    from synthct.engine.trainer import seed_everything
+    from synthct.models import build_model
+
+    seed_everything(0)
+    initial = build_model(load_run_config("tiny").model, 1, 1).state_dict()
+    assert not torch.equal(initial["G.stem.1.weight"], rank0["G.stem.1.weight"])
+    # ...and only rank 0 wrote the run folder (header + one row per step).
+    assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 5
+    assert (tmp_path / "run" / "checkpoints" / "state.json").is_file()
 
 
 def test_two_gloo_ranks_stop_and_resume_bitwise(tmp_path):
