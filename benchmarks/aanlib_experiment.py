@@ -349,6 +349,30 @@ def curve(work: Path, run_dir: Path, device: str = "auto") -> dict:
     return {"run": str(run_dir), "protocol": PROTOCOL, "points": points}
 
 
+def average_snapshots(run_dir: Path, from_minutes: float, out_stem: Path) -> tuple[Path, list[int]]:
+    """The uniform average of a run's MR->CT generator snapshots taken at or after
+    ``from_minutes`` of training, saved as a generator at ``out_stem``; returns its weights
+    path and the steps averaged."""
+    import torch
+
+    from synthct.engine.checkpoint import load_generator, save_generator
+
+    run_dir = Path(run_dir)
+    elapsed = elapsed_by_step(run_dir / "log.csv")
+    chosen = [(step, path) for step, path in find_snapshots(run_dir) if elapsed.get(step, 0.0) / 60 >= from_minutes]
+    if not chosen:
+        raise SynthctError(f"no generator snapshot at or after minute {from_minutes:g}", run_dir)
+    loaded = [load_generator(path) for _, path in chosen]
+    average, meta = loaded[-1]
+    states = [module.state_dict() for module, _ in loaded]
+    with torch.no_grad():
+        for name, tensor in average.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.stack([state[name] for state in states]).mean(0))
+    steps = [step for step, _ in chosen]
+    return save_generator(average, out_stem, meta | {"averaged_steps": steps}), steps
+
+
 def plot_curve(curve_result: dict, reference_lines: dict[str, float], path: Path) -> None:
     """Head MAE against training minutes, with horizontal reference lines (PNG)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -484,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
+    p = command("average", "score the uniform weight average of a run's snapshots from a given minute on")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--from-minutes", type=float, required=True, help="average the snapshots taken at or after this")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
     p = command("table", "Markdown table of results, baselines and the reference's published numbers")
     p.add_argument("--result", action="append", default=[], metavar="LABEL=RESULT.json",
                    help="an evaluate result with its row label (repeatable)")
@@ -530,6 +559,18 @@ def run(args: argparse.Namespace) -> int:
         for point in found["points"]:
             print(f"step {point['step']:>7}  {point['minutes']:7.1f} min  head MAE {point['means']['head_mae']:.2f}")
         print(f"written to {points_file} and {plot_file}")
+    elif args.command == "average":
+        name = f"average_{args.run.name}_from{args.from_minutes:g}"
+        out = results / f"{name}.json"
+        if out.exists() and not args.overwrite:
+            raise SynthctError("exists; use --overwrite to replace it", out)
+        weights, steps = average_snapshots(args.run, args.from_minutes, results / name)
+        result = evaluate(work, weights, name, args.device)
+        result["generator"]["averaged_steps"] = steps
+        _write_json(out, result, args.overwrite)
+        print(f"averaged the snapshots of steps {', '.join(map(str, steps))}")
+        print(_summary(result))
+        print(f"written to {out}")
     elif args.command == "table":
         pairing = dict(_labelled(args.pairing))
         ours = []

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import SimpleITK as sitk
 
 from synthct.errors import SynthctError
@@ -194,3 +195,17 @@ def test_train_evaluate_curve_end_to_end(work, tmp_path):
     plot = tmp_path / "curve.png"
     exp.plot_curve({"run": str(run), "points": points}, exp.reference_lines(work), plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Weight averaging over the end of the run: every snapshot from minute 0 is steps 0 and 3.
+    from synthct.engine.checkpoint import load_generator
+
+    weights, steps = exp.average_snapshots(run, 0.0, tmp_path / "average")
+    assert steps == [0, 3]
+    (first, _), (last, _), (average, meta) = (load_generator(p) for p in
+                                              (points[0]["generator"], points[1]["generator"], weights))
+    assert meta["averaged_steps"] == [0, 3]
+    for name, value in average.state_dict().items():
+        expected = (first.state_dict()[name] + last.state_dict()[name]) / 2
+        assert torch.allclose(value, expected, atol=1e-7), name
+    assert not torch.equal(average.state_dict()["stem.1.weight"], last.state_dict()["stem.1.weight"])
+    with pytest.raises(SynthctError, match="no generator snapshot at or after minute 999"):
+        exp.average_snapshots(run, 999.0, tmp_path / "none")
