@@ -13,6 +13,10 @@ Protocol (fixed by the issue):
   inside the head mask :func:`synthct.eval.metrics.head_mask_8bit` of the *test MR* slice;
 * metrics are computed per slice and then averaged over the 38 test slices.
 
+``prepare --holdout 20,200`` makes a validation fold instead: those training cases are scored, the
+others trained on, and the test patients left out, so that settings can be compared without
+looking at the test split.
+
 The synthetic CT is rounded and clipped to 0..255 before scoring, as if saved as an 8-bit PNG
 like the reference CTs.
 
@@ -51,8 +55,8 @@ CONSTANT_GREY = 110.0  # the issue's constant baseline inside the head
 SNAPSHOT_PATTERN = re.compile(r"generator_mr2ct_step(\d+)\.safetensors")
 PRESETS = {"cyclegan": REPO / "configs" / "aanlib_cyclegan.yaml",
            "pix2pix": REPO / "configs" / "aanlib_pix2pix.yaml"}
-PROTOCOL = ("MR->CT on the AANLIB test split (cases 160 and 410, 38 slices), 0..255 scale; "
-            "metrics per slice, then the mean over the 38 slices; head = head_mask_8bit of the test MR "
+PROTOCOL = ("MR->CT on {scored}, 0..255 scale; "
+            "metrics per slice, then the mean over the slices; head = head_mask_8bit of the scored MR "
             "(MR > 10, closing x3, holes filled, largest component, dilated by 5 px); synthetic CT "
             "rounded and clipped to 0..255")
 
@@ -120,13 +124,26 @@ def _copy(source: Path, target: Path) -> None:
     atomic_write_bytes(target, source.read_bytes())
 
 
-def prepare(data_root: Path, work: Path, seed: int = 0, overwrite: bool = False) -> dict:
+def prepare(data_root: Path, work: Path, seed: int = 0, overwrite: bool = False,
+            holdout: tuple[str, ...] = ()) -> dict:
     """Copy the slices into the experiment's folders (see the module docstring); returns the manifest.
 
+    ``holdout`` names training cases to score instead of the test split: a validation fold for
+    choosing settings without looking at the test patients, who are then left out entirely.
     Copies, not links: the work folder then also runs where the data folder is not mounted.
     """
     data_root, work = Path(data_root), Path(work)
     rows = read_splits(data_root)
+    if holdout:
+        train_cases = {r.case for r in rows if r.split == "train"}
+        unknown = sorted(set(holdout) - train_cases, key=str)
+        if unknown:
+            raise SynthctError(f"held-out case{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                               f"not in the train split", data_root / "splits.csv")
+        if train_cases <= set(holdout):
+            raise SynthctError("holding out every training case leaves nothing to train on", data_root / "splits.csv")
+        rows = [SliceRow(r.id, r.case, r.slice, "test" if r.case in holdout else "train")
+                for r in rows if r.split == "train"]
     existing = [work / name for name in PREPARED_FOLDERS + (MANIFEST,) if (work / name).exists()]
     if existing and not overwrite:
         raise SynthctError("already prepared; use --overwrite to prepare again", existing[0])
@@ -147,7 +164,7 @@ def prepare(data_root: Path, work: Path, seed: int = 0, overwrite: bool = False)
         _copy(data_root / "MRI" / f"{r.id}.png", work / "test_mr" / f"{r.id}.png")
         _copy(data_root / "CT" / f"{r.id}.png", work / "test_ct" / f"{r.id}.png")
     manifest = {
-        "data_root": str(data_root), "seed": seed,
+        "data_root": str(data_root), "seed": seed, "holdout": sorted(holdout, key=int),
         "train_cases": sorted({r.case for r in train}, key=int), "train_slices": len(train),
         "test_cases": sorted({r.case for r in test}, key=int),
         "test": [{"id": r.id, "case": r.case, "slice": r.slice} for r in test],
@@ -171,19 +188,28 @@ class TestSlice:
     mr: np.ndarray
     ct: np.ndarray
     head: np.ndarray
+    validation: bool = False  # a held-out training case (prepare --holdout), not the test split
 
 
 def load_test_set(work: Path) -> list[TestSlice]:
     work = Path(work)
+    manifest = read_manifest(work)
     slices = []
-    for entry in read_manifest(work)["test"]:
+    for entry in manifest["test"]:
         mr_path = work / "test_mr" / f"{entry['id']}.png"
         mr = read_8bit(mr_path)
         ct = read_8bit(work / "test_ct" / f"{entry['id']}.png")
         if mr.shape != ct.shape:
             raise SynthctError(f"MR is {mr.shape} but its CT is {ct.shape}", mr_path)
-        slices.append(TestSlice(entry["id"], entry["case"], mr_path, mr, ct, head_mask_8bit(mr)))
+        slices.append(TestSlice(entry["id"], entry["case"], mr_path, mr, ct, head_mask_8bit(mr),
+                                bool(manifest.get("holdout"))))
     return slices
+
+
+def protocol(test: list[TestSlice]) -> str:
+    cases = " and ".join(sorted({item.case for item in test}, key=int))
+    kind = "held-out training cases (validation)" if any(item.validation for item in test) else "the AANLIB test split"
+    return PROTOCOL.format(scored=f"{kind} {cases} ({len(test)} slices)")
 
 
 # --------------------------------------------------------------------------- scoring
@@ -202,7 +228,7 @@ def score(predictions: dict[str, np.ndarray], test: list[TestSlice], name: str, 
         per_slice.append({"id": item.id, "case": item.case} | eight_bit_metrics(pred, item.ct, item.head))
     cases = sorted({item.case for item in test}, key=int)
     return {
-        "name": name, "description": description, "protocol": PROTOCOL, "n_slices": len(per_slice),
+        "name": name, "description": description, "protocol": protocol(test), "n_slices": len(per_slice),
         "means": _means(per_slice),
         "case_means": {c: _means([row for row in per_slice if row["case"] == c]) for c in cases},
         "per_slice": per_slice,
@@ -273,7 +299,7 @@ def baselines(work: Path) -> dict:
         ("constant_best_oracle", f"best constant inside the head ({oracle}, chosen on the test CTs: an "
                                  "oracle), 0 outside", constant_in_head(test, oracle)),
     ]
-    return {"protocol": PROTOCOL, "train_ct_head_median": train_median, "best_constant": oracle,
+    return {"protocol": protocol(test), "train_ct_head_median": train_median, "best_constant": oracle,
             "baselines": {name: score(preds, test, name, text) for name, text, preds in runs}}
 
 
@@ -346,7 +372,7 @@ def curve(work: Path, run_dir: Path, device: str = "auto") -> dict:
         result = evaluate(work, weights, f"{run_dir.name} step {step}", device, test)
         points.append({"step": step, "minutes": elapsed.get(step, 0.0) / 60, "generator": str(weights),
                        "means": result["means"]})
-    return {"run": str(run_dir), "protocol": PROTOCOL, "points": points}
+    return {"run": str(run_dir), "protocol": protocol(test), "points": points}
 
 
 def average_snapshots(run_dir: Path, from_minutes: float, out_stem: Path) -> tuple[Path, list[int]]:
@@ -390,8 +416,8 @@ def plot_curve(curve_result: dict, reference_lines: dict[str, float], path: Path
     # (MR as CT 84.0, reference CycleGAN 82.6) would print on top of each other.
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     axes.set_xlabel("training time (minutes)")
-    axes.set_ylabel("head MAE (0..255, mean over 38 test slices)")
-    axes.set_title(f"AANLIB test split, MR -> CT: {Path(curve_result['run']).name}", fontsize=9)
+    axes.set_ylabel("head MAE (0..255, mean over the scored slices)")
+    axes.set_title(f"AANLIB, MR -> CT: {Path(curve_result['run']).name}", fontsize=9)
     axes.grid(alpha=0.3)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", bbox_inches="tight")
@@ -488,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("prepare", "copy the split into unpaired training folders, paired folders and the test set")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="AANLIB folder with CT/, MRI/, splits.csv")
     p.add_argument("--seed", type=int, default=0, help="seed of the independent MR and CT shuffles")
+    p.add_argument("--holdout", default="", metavar="CASES",
+                   help="comma-separated training cases to score instead of the test split (a validation "
+                        "fold; the test patients are left out)")
     p.add_argument("--overwrite", action="store_true")
     p = command("baselines", "score MR-as-CT, histogram matching and constant baselines")
     p.add_argument("--overwrite", action="store_true")
@@ -527,9 +556,11 @@ def run(args: argparse.Namespace) -> int:
     work = args.work
     results = work / "results"
     if args.command == "prepare":
-        manifest = prepare(args.data, work, args.seed, args.overwrite)
+        holdout = tuple(case.strip() for case in args.holdout.split(",") if case.strip())
+        manifest = prepare(args.data, work, args.seed, args.overwrite, holdout)
+        scored = "validation" if holdout else "test"
         print(f"prepared {manifest['train_slices']} training slices (cases {', '.join(manifest['train_cases'])}) "
-              f"and {len(manifest['test'])} test slices (cases {', '.join(manifest['test_cases'])}) in {work}")
+              f"and {len(manifest['test'])} {scored} slices (cases {', '.join(manifest['test_cases'])}) in {work}")
     elif args.command == "baselines":
         found = baselines(work)
         _write_json(results / "baselines.json", found, args.overwrite)

@@ -105,6 +105,30 @@ def test_prepare_refuses_to_mix_with_an_earlier_preparation(data_root, work):
         exp.prepare(data_root, work)
 
 
+def test_a_validation_fold_scores_held_out_training_cases_and_never_sees_the_test_split(data_root, tmp_path, capsys):
+    fold = tmp_path / "fold"
+    assert exp.main(["prepare", "--data", str(data_root), "--work", str(fold), "--holdout", "200"]) == 0
+    assert "validation slices (cases 200)" in capsys.readouterr().out
+    ids = {case: [f"{case}{s:02d}" for s in range(3, 3 + SLICES_PER_CASE)] for case in CASES}
+    assert sorted(p.stem for p in (fold / "test_mr").glob("*.png")) == ids["200"]
+    assert sorted(p.stem for p in (fold / "train_pairs" / "mr").glob("*.png")) == ids["20"]
+    trained = sorted(_bytes_by_name(fold / "train_ct").values())
+    assert trained == sorted((data_root / "CT" / f"{i}.png").read_bytes() for i in ids["20"])
+    manifest = json.loads((fold / "prepare.json").read_text())
+    assert manifest["holdout"] == ["200"] and manifest["test_cases"] == ["200"] and manifest["train_cases"] == ["20"]
+    scored = exp.load_test_set(fold)
+    assert all(item.validation for item in scored)
+    assert "held-out training cases (validation) 200 (4 slices)" in exp.protocol(scored)
+    exp.prepare(data_root, tmp_path / "test_fold")
+    assert "the AANLIB test split 160 (4 slices)" in exp.protocol(exp.load_test_set(tmp_path / "test_fold"))
+    for bad, problem in (("160", "held-out case 160 not in the train split"),
+                         ("20,200", "leaves nothing to train on")):
+        assert exp.main(["prepare", "--data", str(data_root), "--work", str(tmp_path / bad), "--holdout", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and problem in err and "splits.csv" in err
+        assert not (tmp_path / bad).exists()
+
+
 def test_bad_splits_file_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "splits.csv").write_text("id,case,split\n2004,20,train\n")
     with pytest.raises(SynthctError, match="missing column slice"):
