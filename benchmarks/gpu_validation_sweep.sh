@@ -7,15 +7,16 @@
 # at once, fp32 as on the CPU. Only settings that leave the step's cost unchanged are compared, so
 # one step count is fair to all. The GPU replays the CPU's step counts; a chosen setting still has
 # to prove itself in a CPU hour on the test split.
-#   DATA=.aanlib_data bash benchmarks/gpu_validation_sweep.sh    # DATA: a copy of the AANLIB folder
+#   DATA=.aanlib_data ROUND=1 bash benchmarks/gpu_validation_sweep.sh    # DATA: a copy of the AANLIB folder
 source benchmarks/gpu_setup.sh
 DATA=${DATA:-.aanlib_data}
 STEPS=${STEPS:-2700}
 LIMIT_S=${LIMIT_S:-420}  # a run still going after this is stopped and left out of the summary
 W=/tmp/sweep
-mkdir -p $W/results
+rm -rf $W && mkdir -p $W/results  # a warm machine keeps the last round's folders
 declare -A HOLDOUT=([a]=20,200 [b]=280,320 [c]=330,370)
 declare -A SEED=([a]=0 [b]=1 [c]=2)
+SEED_OFFSET=0  # round 2 replicates on other seeds: fold seeds 3, 4, 5
 for fold in a b c; do
     python3 benchmarks/aanlib_experiment.py prepare --data "$DATA" --work $W/fold_$fold --holdout ${HOLDOUT[$fold]} || exit 1
     python3 benchmarks/aanlib_experiment.py baselines --work $W/fold_$fold > /dev/null || exit 1
@@ -28,17 +29,27 @@ variant() {  # name, extra --set overrides; one run per fold
         { timeout $LIMIT_S python3 benchmarks/aanlib_experiment.py train --work $W/fold_$fold --model cyclegan \
             --run $W/runs/${name}_$fold --minutes 30 --set train.device=cuda --set train.precision=fp32 \
             --set train.snapshot_minutes=null --set train.threads=1 --set train.steps=$STEPS \
-            --set train.seed=${SEED[$fold]} --set train.log_every=100 $layout "$@" > $W/${name}_$fold.log 2>&1 &&
+            --set train.seed=$((SEED[$fold] + SEED_OFFSET)) --set train.log_every=100 $layout "$@" > $W/${name}_$fold.log 2>&1 &&
           python3 benchmarks/aanlib_experiment.py evaluate --work $W/fold_$fold --run $W/runs/${name}_$fold \
             --device cuda --out $W/results/${name}_$fold.json >> $W/${name}_$fold.log 2>&1
           echo "$name fold $fold: rc $?, $(grep -o 'head MAE *[0-9.]*' $W/${name}_$fold.log | tail -1)"; } &
     done
 }
-variant control
-variant lr1e-4 --set train.lr=0.0001
-variant vanilla --set model.gan_mode=vanilla
-variant affine5 --set data.affine=5
-variant cycle5 --set model.lambda_cycle=5
+if [ "${ROUND:-1}" = 1 ]; then
+    variant control
+    variant lr1e-4 --set train.lr=0.0001
+    variant vanilla --set model.gan_mode=vanilla
+    variant affine5 --set data.affine=5
+    variant cycle5 --set model.lambda_cycle=5
+else  # round 1's two gains, on other seeds and together
+    SEED_OFFSET=3
+    variant control_s3
+    variant vanilla_s3 --set model.gan_mode=vanilla
+    variant affine5_s3 --set data.affine=5
+    variant vanilla_affine5_s3 --set model.gan_mode=vanilla --set data.affine=5
+    SEED_OFFSET=0
+    variant vanilla_affine5 --set model.gan_mode=vanilla --set data.affine=5
+fi
 ( while sleep 60; do echo "progress: $(for f in $W/runs/*/log.csv; do tail -1 $f | cut -d, -f1; done | sort -n | tr '\n' ' ')"; done ) &
 monitor=$!
 wait $(jobs -p | grep -v "^$monitor$")
