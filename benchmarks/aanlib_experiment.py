@@ -23,7 +23,8 @@ like the reference CTs.
 The data carry no licence: everything this script writes from them (copied slices, runs,
 per-slice results, plots) goes under ``--work`` (default ``experiments/aanlib``, git-ignored).
 
-Subcommands: ``prepare``, ``baselines``, ``train``, ``evaluate``, ``curve``, ``table``; run
+Subcommands: ``prepare``, ``baselines``, ``train``, ``evaluate``, ``curve``, ``average``,
+``windowing``, ``table``; run
 ``python benchmarks/aanlib_experiment.py COMMAND --help``.
 """
 
@@ -233,6 +234,46 @@ def score(predictions: dict[str, np.ndarray], test: list[TestSlice], name: str, 
         "case_means": {c: _means([row for row in per_slice if row["case"] == c]) for c in cases},
         "per_slice": per_slice,
     }
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def ct_levels(data_root: Path) -> dict[str, dict]:
+    """Each patient's median CT grey inside the head (mask from the MR), the median over its slices.
+
+    Brain, most of a head, has about the same HU in everyone, so differences between patients
+    show how differently their 8-bit CT pictures were windowed.
+    """
+    data_root = Path(data_root)
+    by_case: dict[str, tuple[str, list[float]]] = {}
+    for row in read_splits(data_root):
+        mr = read_8bit(data_root / "MRI" / f"{row.id}.png")
+        ct = read_8bit(data_root / "CT" / f"{row.id}.png")
+        by_case.setdefault(row.case, (row.split, []))[1].append(float(np.median(ct[head_mask_8bit(mr)])))
+    return {case: {"split": split, "slices": len(levels), "head_median": float(np.median(levels))}
+            for case, (split, levels) in sorted(by_case.items(), key=lambda item: int(item[0]))}
+
+
+def offset_removed(predictions: dict[str, np.ndarray], test: list[TestSlice]) -> dict:
+    """Per patient: the median in-head error and the head MAE once that one offset is taken off all
+    of the patient's slices. An oracle diagnostic (it reads the scored CTs): how much of the error
+    is one patient-wide brightness shift rather than anatomy."""
+    cases = {}
+    for case in sorted({item.case for item in test}, key=int):
+        items = [item for item in test if item.case == case]
+        pred = {item.id: np.clip(np.rint(predictions[item.id]), 0, 255) for item in items}
+        offset = float(np.median(np.concatenate([(pred[item.id] - item.ct)[item.head] for item in items])))
+
+        def head_mae(shift: float) -> float:
+            return float(np.mean([np.abs(np.clip(pred[i.id] - shift, 0, 255) - i.ct)[i.head].mean() for i in items]))
+
+        cases[case] = {"slices": len(items), "median_error": offset, "head_mae": head_mae(0.0),
+                       "head_mae_offset_removed": head_mae(offset)}
+    total = sum(c["slices"] for c in cases.values())
+    means = {key: sum(c[key] * c["slices"] for c in cases.values()) / total
+             for key in ("head_mae", "head_mae_offset_removed")}
+    return {"cases": cases, "means": means}
 
 
 # --------------------------------------------------------------------------- baselines
@@ -542,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-minutes", type=float, required=True, help="average the snapshots taken at or after this")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
+    p = command("windowing", "each patient's in-head CT grey level; with --run, a generator's head MAE "
+                             "without each test patient's brightness offset (an oracle diagnostic)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="AANLIB folder with CT/, MRI/, splits.csv")
+    p.add_argument("--run", type=Path, help="run folder or generator .safetensors")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
     p = command("table", "Markdown table of results, baselines and the reference's published numbers")
     p.add_argument("--result", action="append", default=[], metavar="LABEL=RESULT.json",
                    help="an evaluate result with its row label (repeatable)")
@@ -601,6 +648,25 @@ def run(args: argparse.Namespace) -> int:
         _write_json(out, result, args.overwrite)
         print(f"averaged the snapshots of steps {', '.join(map(str, steps))}")
         print(_summary(result))
+        print(f"written to {out}")
+    elif args.command == "windowing":
+        out = results / (f"windowing_{args.run.stem if args.run.is_file() else args.run.name}.json" if args.run
+                         else "windowing.json")
+        if out.exists() and not args.overwrite:
+            raise SynthctError("exists; use --overwrite to replace it", out)
+        found = {"ct_levels": ct_levels(args.data)}
+        for case, level in found["ct_levels"].items():
+            print(f"case {case:>4} ({level['split']}, {level['slices']} slices): in-head CT median {level['head_median']:.0f}")
+        if args.run:
+            test = load_test_set(work)
+            found["offset_removed"] = offset_removed(translate_test_set(args.run, test, args.device), test)
+            for case, row in found["offset_removed"]["cases"].items():
+                print(f"case {case:>4}: median error {row['median_error']:+.0f}, head MAE {row['head_mae']:.1f}, "
+                      f"{row['head_mae_offset_removed']:.1f} without it")
+            means = found["offset_removed"]["means"]
+            print(f"all: head MAE {means['head_mae']:.1f}, {means['head_mae_offset_removed']:.1f} without "
+                  f"each patient's offset (an oracle: the offsets are read off the scored CTs)")
+        _write_json(out, found, args.overwrite)
         print(f"written to {out}")
     elif args.command == "table":
         pairing = dict(_labelled(args.pairing))

@@ -233,3 +233,39 @@ def test_train_evaluate_curve_end_to_end(work, tmp_path):
     assert not torch.equal(average.state_dict()["stem.1.weight"], last.state_dict()["stem.1.weight"])
     with pytest.raises(SynthctError, match="no generator snapshot at or after minute 999"):
         exp.average_snapshots(run, 999.0, tmp_path / "none")
+    # The brightness diagnostic on the same run: its head MAE before the offset is evaluate's.
+    windowing = exp.offset_removed(exp.translate_test_set(run, exp.load_test_set(work), "cpu"), exp.load_test_set(work))
+    assert windowing["cases"]["160"]["head_mae"] == pytest.approx(result["case_means"]["160"]["head_mae"])
+    assert windowing["means"]["head_mae_offset_removed"] <= windowing["means"]["head_mae"] + 1e-9
+
+
+def test_ct_levels_are_each_patients_median_in_head_grey(data_root, capsys, tmp_path):
+    levels = exp.ct_levels(data_root)
+    assert list(levels) == ["20", "160", "200"]
+    for case, split in CASES.items():
+        medians = []
+        for s in range(3, 3 + SLICES_PER_CASE):
+            mr = exp.read_8bit(data_root / "MRI" / f"{case}{s:02d}.png")
+            medians.append(np.median(exp.read_8bit(data_root / "CT" / f"{case}{s:02d}.png")[head_mask_8bit(mr)]))
+        assert levels[case] == {"split": split, "slices": SLICES_PER_CASE, "head_median": float(np.median(medians))}
+    args = ["windowing", "--data", str(data_root), "--work", str(tmp_path)]
+    assert exp.main(args) == 0
+    assert json.loads((tmp_path / "results" / "windowing.json").read_text())["ct_levels"] == levels
+    capsys.readouterr()
+    assert exp.main(args) == 2 and "use --overwrite" in capsys.readouterr().err
+
+
+def test_offset_removed_takes_one_brightness_shift_per_patient_off():
+    yy, xx = np.mgrid[:24, :24]
+    head = (yy - 12) ** 2 + (xx - 12) ** 2 < 81
+    ct = np.where(head, 50 + (yy * 5 + xx * 3) % 150, 0).astype(np.float64)
+    noise = 10.0 * ((yy + xx) % 3 - 1)  # -10, 0, +10 in thirds: no shift, 10 off on two thirds
+    test = [exp.TestSlice(f"{case}{n}", case, Path("unused.png"), ct, ct, head) for case in ("1", "2") for n in range(2)]
+    found = exp.offset_removed({t.id: ct + (30.0 if t.case == "1" else noise) for t in test}, test)
+    # Patient 1: everything 30 too bright, nothing else wrong; patient 2: no shift, anatomy off.
+    assert found["cases"]["1"] == {"slices": 2, "median_error": 30.0, "head_mae": 30.0, "head_mae_offset_removed": 0.0}
+    second = found["cases"]["2"]
+    assert second["median_error"] == 0.0
+    assert second["head_mae"] == second["head_mae_offset_removed"] == pytest.approx(np.abs(noise[head]).mean())
+    assert found["means"] == pytest.approx({"head_mae": (30.0 + second["head_mae"]) / 2,
+                                            "head_mae_offset_removed": second["head_mae"] / 2})
