@@ -137,7 +137,7 @@ def prepare(data_root: Path, work: Path, seed: int = 0, overwrite: bool = False,
     rows = read_splits(data_root)
     if holdout:
         train_cases = {r.case for r in rows if r.split == "train"}
-        unknown = sorted(set(holdout) - train_cases, key=str)
+        unknown = sorted(set(holdout) - train_cases)
         if unknown:
             raise SynthctError(f"held-out case{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
                                f"not in the train split", data_root / "splits.csv")

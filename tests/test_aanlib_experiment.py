@@ -234,7 +234,8 @@ def test_train_evaluate_curve_end_to_end(work, tmp_path):
     with pytest.raises(SynthctError, match="no generator snapshot at or after minute 999"):
         exp.average_snapshots(run, 999.0, tmp_path / "none")
     # The brightness diagnostic on the same run: its head MAE before the offset is evaluate's.
-    windowing = exp.offset_removed(exp.translate_test_set(run, exp.load_test_set(work), "cpu"), exp.load_test_set(work))
+    test = exp.load_test_set(work)
+    windowing = exp.offset_removed(exp.translate_test_set(run, test, "cpu"), test)
     assert windowing["cases"]["160"]["head_mae"] == pytest.approx(result["case_means"]["160"]["head_mae"])
     assert windowing["means"]["head_mae_offset_removed"] <= windowing["means"]["head_mae"] + 1e-9
 
