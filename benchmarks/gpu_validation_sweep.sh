@@ -8,6 +8,8 @@
 # one step count is fair to all. The GPU replays the CPU's step counts; a chosen setting still has
 # to prove itself in a CPU hour on the test split.
 #   DATA=.aanlib_data ROUND=1 bash benchmarks/gpu_validation_sweep.sh    # DATA: a copy of the AANLIB folder
+# ROUND=3 swaps the ResNet generators for U-Nets, which cost less per step, so each runs the steps its
+# own CPU hour buys (median step times on the AVX2 CPU; the comment beside each).
 source benchmarks/gpu_setup.sh
 DATA=${DATA:-.aanlib_data}
 STEPS=${STEPS:-2700}
@@ -41,6 +43,9 @@ if [ "${ROUND:-1}" = 1 ]; then
     variant vanilla --set model.gan_mode=vanilla
     variant affine5 --set data.affine=5
     variant cycle5 --set model.lambda_cycle=5
+elif [ "$ROUND" = 3 ]; then  # U-Net generators (no dropout), cheaper per step: each at its own CPU hour's steps
+    STEPS=10000 variant unet16 --set model.generator=unet --set model.ngf=16  # 0.35 s per CPU step
+    STEPS=4300 variant unet32 --set model.generator=unet --set model.ngf=32   # 0.84 s per CPU step
 else  # round 1's two gains, on other seeds and together
     SEED_OFFSET=3
     variant control_s3

@@ -71,6 +71,14 @@ def test_unet_rejects_sizes_that_are_not_multiples_and_has_reference_dropout():
     deep = UnetGenerator(1, 1, num_downs=8, ngf=4)
     assert sum(isinstance(m, nn.Dropout) for m in deep.modules()) == 3
     assert sum(isinstance(m, nn.Dropout) for m in net.modules()) == 0
+    assert sum(isinstance(m, nn.Dropout) for m in UnetGenerator(1, 1, 8, 4, use_dropout=False).modules()) == 0
+
+
+def test_cyclegan_unet_generators_train_without_dropout_and_pix2pix_with_it():
+    cycle = CycleGAN(tiny(generator="unet", unet_downs=8), 1, 1)
+    paired = Pix2Pix(tiny(name="pix2pix", generator="unet", unet_downs=8), 1, 1)
+    assert not any(isinstance(m, nn.Dropout) for m in cycle.modules())
+    assert sum(isinstance(m, nn.Dropout) for m in paired.G.modules()) == 3
 
 
 def test_generators_work_channels_last_and_bf16_autocast_close_to_fp32():

@@ -47,8 +47,12 @@ class CycleGAN(nn.Module):
         if cfg.lambda_identity > 0 and in_channels != out_channels:
             raise ValueError("the identity loss needs MR and CT with the same number of channels, "
                              f"got {in_channels} and {out_channels}")
-        self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, cfg.unet_downs)
-        self.F = build_generator(cfg.generator, out_channels, in_channels, cfg.ngf, cfg.blocks, cfg.unet_downs)
+        # No dropout in a U-Net here: pix2pix uses it as its noise source, CycleGAN trains without
+        # (as the reference does), and the cycle loss would have to undo its noise.
+        self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, cfg.unet_downs,
+                                 unet_dropout=False)
+        self.F = build_generator(cfg.generator, out_channels, in_channels, cfg.ngf, cfg.blocks, cfg.unet_downs,
+                                 unet_dropout=False)
         self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers)
         self.D_mr = PatchDiscriminator(in_channels, cfg.ndf, cfg.d_layers)
         for net in (self.G, self.F, self.D_ct, self.D_mr):

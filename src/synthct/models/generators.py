@@ -76,7 +76,7 @@ class UnetGenerator(nn.Module):
         for j in range(num_downs - 1):
             level = num_downs - 2 - j  # encoder layer whose resolution this step restores
             in_width = widths[-1] if j == 0 else 2 * widths[level + 1]
-            self.ups.append(UnetUp(in_width, widths[level], dropout=1 <= j <= num_downs - 5))
+            self.ups.append(UnetUp(in_width, widths[level], dropout=use_dropout and 1 <= j <= num_downs - 5))
         self.head = nn.Sequential(nn.ReLU(),
                                   nn.ConvTranspose2d(2 * ngf, out_channels, 4, stride=2, padding=1),
                                   nn.Tanh())
@@ -98,9 +98,9 @@ class UnetGenerator(nn.Module):
 
 
 def build_generator(kind: str, in_channels: int, out_channels: int, ngf: int, n_blocks: int,
-                    unet_downs: int = 8) -> nn.Module:
+                    unet_downs: int = 8, unet_dropout: bool = True) -> nn.Module:
     if kind == "resnet":
         return ResnetGenerator(in_channels, out_channels, ngf=ngf, n_blocks=n_blocks)
     if kind == "unet":
-        return UnetGenerator(in_channels, out_channels, num_downs=unet_downs, ngf=ngf)
+        return UnetGenerator(in_channels, out_channels, num_downs=unet_downs, ngf=ngf, use_dropout=unet_dropout)
     raise ValueError(f"unknown generator '{kind}' (resnet | unet)")
