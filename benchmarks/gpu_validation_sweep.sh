@@ -46,6 +46,8 @@ if [ "${ROUND:-1}" = 1 ]; then
 elif [ "$ROUND" = 3 ]; then  # U-Net generators (no dropout), cheaper per step: each at its own CPU hour's steps
     STEPS=10000 variant unet16 --set model.generator=unet --set model.ngf=16  # 0.35 s per CPU step
     STEPS=4300 variant unet32 --set model.generator=unet --set model.ngf=32   # 0.84 s per CPU step
+elif [ "$ROUND" = 4 ]; then  # body-masked translation and discriminators (the step costs the same)
+    variant body_masked --set model.body_masked=true
 else  # round 1's two gains, on other seeds and together
     SEED_OFFSET=3
     variant control_s3

@@ -51,6 +51,9 @@ class ModelConfig:
     lambda_nce: float = 1.0  # CUT
     nce_idt: bool = True  # CUT identity NCE (False gives FastCUT)
     pool_size: int = 50  # image history buffer for the discriminators
+    # CycleGAN: translations are air outside their source's body mask and the discriminators judge
+    # patches inside the body only (see models/cyclegan.py); inference then masks by default.
+    body_masked: bool = False
 
 
 @dataclass

@@ -25,7 +25,8 @@ def add_arguments(parser) -> None:
                         help="output type (default: int16 for synthetic CT in HU, uint8 for 8-bit models, "
                              "float32 for synthetic MR)")
     parser.add_argument("--mask", help="body mask file (non-zero = body; one input only) or 'auto': "
-                                       "outside the body the output is air")
+                                       "outside the body the output is air (default: auto for models trained with "
+                                       "model.body_masked, none otherwise)")
     parser.add_argument("--resample", default="auto", choices=("auto", "native", "fit"),
                         help="native: translate at the input's pixel grid; fit: the training resize "
                              "(longest side to the training size) and back; auto: fit only when the "

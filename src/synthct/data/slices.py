@@ -138,14 +138,18 @@ class _SliceStore:
 class SliceDataset(Dataset):
     """2D (or 2.5D) slices of MR and CT volumes, normalised to [-1, 1] and cached.
 
-    ``__getitem__(i)`` returns ``{"mr": (k, S, S), "ct": (k, S, S)}`` float32 tensors. Unpaired,
+    ``__getitem__(i)`` returns ``{"mr": (k, S, S), "ct": (k, S, S)}`` float32 tensors, and with
+    ``body_masks`` also ``"mr_body"`` and ``"ct_body"``: each image's body mask (1 inside, 0
+    outside; float32, resized and augmented with its image). Unpaired,
     item i takes MR slice ``i mod n_mr`` and a CT partner drawn by a permutation that
     :meth:`set_epoch` redraws; paired, MR and CT slice i are the same slice of a case and get
     identical augmentation.
     """
 
-    def __init__(self, sources, cfg, paired: bool = False, seed: int = 0, cache_dir: Path | None = None):
+    def __init__(self, sources, cfg, paired: bool = False, seed: int = 0, cache_dir: Path | None = None,
+                 body_masks: bool = False):
         self.cfg = cfg
+        self.body_masks = bool(body_masks)
         self.paired = bool(paired)
         self.seed = int(seed)
         self.size = int(cfg.size)
@@ -158,8 +162,9 @@ class SliceDataset(Dataset):
         cache_dir = Path(cache_dir) if cfg.cache == "mmap" else None
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
+        stores = ("mr", "ct", "mr_body", "ct_body") if self.body_masks else ("mr", "ct")
         self._stores = {m: _SliceStore(canvas, None if cache_dir is None else cache_dir / f"slices_{m}.f32")
-                        for m in ("mr", "ct")}
+                        for m in stores}
         self._rows: dict[str, list[np.ndarray]] = {"mr": [], "ct": []}
         self._mr_bounds: list[tuple[float, float]] = []
         self.intensity_mode: str | None = None if cfg.intensity == "auto" else cfg.intensity
@@ -168,23 +173,25 @@ class SliceDataset(Dataset):
         if self.paired:
             for mr_path, ct_path, mask_path in zip(sources.mr, sources.ct, masks):
                 ct_vol, ct_mask, ct_fraction = self._load(ct_path, "ct", mask_path)
-                mr_vol, _, mr_fraction = self._load(mr_path, "mr", mask_path, ct_mask if mask_path else None)
+                mr_vol, mr_mask, mr_fraction = self._load(mr_path, "mr", mask_path, ct_mask if mask_path else None)
                 if mr_vol.array.shape != ct_vol.array.shape:
                     raise SynthctError(f"paired MR has shape {mr_vol.array.shape} but its CT {ct_path} has "
                                        f"{ct_vol.array.shape}", mr_path)
                 keep = np.flatnonzero(np.minimum(mr_fraction, ct_fraction) >= cfg.min_body_fraction)
-                self._add(ct_vol, "ct", keep)
-                self._add(mr_vol, "mr", keep)
+                self._add(ct_vol, "ct", keep, ct_mask)
+                self._add(mr_vol, "mr", keep, mr_mask)
         else:
             for modality, paths, modality_masks in (("ct", sources.ct, masks), ("mr", sources.mr, [None] * len(sources.mr))):
                 for path, mask_path in zip(paths, modality_masks):
-                    vol, _, fraction = self._load(path, modality, mask_path)
-                    self._add(vol, modality, np.flatnonzero(fraction >= cfg.min_body_fraction))
+                    vol, mask, fraction = self._load(path, modality, mask_path)
+                    self._add(vol, modality, np.flatnonzero(fraction >= cfg.min_body_fraction), mask)
         for modality, paths in (("mr", sources.mr), ("ct", sources.ct)):
             if not self._rows[modality]:
                 raise SynthctError(f"no {modality.upper()} slice has a body fraction of at least "
                                    f"{cfg.min_body_fraction} (data.min_body_fraction)", Path(paths[0]).parent)
             self._stores[modality].finish()
+            if self.body_masks:
+                self._stores[f"{modality}_body"].finish()
         self._items = {m: np.concatenate(self._rows[m]) for m in ("mr", "ct")}
         self.n_mr, self.n_ct = len(self._items["mr"]), len(self._items["ct"])
         self.epoch = 0
@@ -239,25 +246,28 @@ class SliceDataset(Dataset):
         fraction = mask.mean(axis=tuple(a for a in range(3) if a != axis))
         return normalised, mask, fraction
 
-    def _add(self, vol, modality: str, keep: np.ndarray) -> None:
-        """Cache the slices of ``vol`` that items (and their 2.5D neighbours) use."""
+    def _add(self, vol, modality: str, keep: np.ndarray, mask: np.ndarray) -> None:
+        """Cache the slices of ``vol`` (and of its body mask) that items and their 2.5D neighbours use."""
         if len(keep) == 0:
             return
         axis = 0 if vol.is_2d else self.cfg.axis
-        slices = np.moveaxis(vol.array, axis, 0)
-        count = slices.shape[0]
+        count = np.moveaxis(vol.array, axis, 0).shape[0]
         half = self.k // 2
         start, stop = max(0, int(keep[0]) - half), min(count, int(keep[-1]) + half + 1)
-        span = torch.from_numpy(np.ascontiguousarray(slices[start:stop], dtype=np.float32))
         spacing_zyx = (vol.spacing[2], vol.spacing[1], vol.spacing[0])
         spacing_hw = tuple(s for a, s in enumerate(spacing_zyx) if a != axis)
-        if self.cfg.resize == "fit":
-            span = fit_to_square(span, self.size, spacing_hw)
-        elif self.cfg.resize == "none":
-            span = center_to_square(span, self.size)
-        else:
-            span = _pad_to(span, self.size, self.size)
-        first_row = self._stores[modality].append(span)
+
+        def span_of(array: np.ndarray) -> torch.Tensor:
+            span = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, axis, 0)[start:stop], dtype=np.float32))
+            if self.cfg.resize == "fit":
+                return fit_to_square(span, self.size, spacing_hw)
+            if self.cfg.resize == "none":
+                return center_to_square(span, self.size)
+            return _pad_to(span, self.size, self.size)
+
+        first_row = self._stores[modality].append(span_of(vol.array))
+        if self.body_masks:
+            self._stores[f"{modality}_body"].append(span_of(np.reshape(mask, vol.array.shape)))
         neighbours = np.clip(keep[:, None] + np.arange(-half, half + 1)[None, :], 0, count - 1)
         self._rows[modality].append(first_row + neighbours - start)
 
@@ -300,7 +310,12 @@ class SliceDataset(Dataset):
         ct = self._stores["ct"].gather(self._items["ct"][ct_item])
         mr_params = self._draw(rng, mr.shape)
         ct_params = mr_params if self.paired else self._draw(rng, ct.shape)
-        return {"mr": self._augment(mr, mr_params), "ct": self._augment(ct, ct_params)}
+        item = {"mr": self._augment(mr, mr_params), "ct": self._augment(ct, ct_params)}
+        if self.body_masks:  # resizing and rotation interpolate the masks: threshold them again
+            for modality, row, params in (("mr", mr_item, mr_params), ("ct", ct_item, ct_params)):
+                body = self._stores[f"{modality}_body"].gather(self._items[modality][row])
+                item[f"{modality}_body"] = (self._augment(body, params) > 0.5).float()
+        return item
 
     def _draw(self, rng: np.random.Generator, shape) -> dict:
         cfg = self.cfg

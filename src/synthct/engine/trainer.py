@@ -470,7 +470,8 @@ def _load_data(cfg: RunConfig, run_dir: Path):
                            "(<case>/mr.nii.gz + ct.nii.gz) or --set data.paired=true with matching "
                            "MR and CT folders")
     cache_dir = run_dir / "cache" if cfg.data.cache == "mmap" else None
-    dataset = SliceDataset(sources, cfg.data, paired=paired, seed=cfg.train.seed, cache_dir=cache_dir)
+    dataset = SliceDataset(sources, cfg.data, paired=paired, seed=cfg.train.seed, cache_dir=cache_dir,
+                           body_masks=cfg.model.body_masked)
     if len(dataset) == 0:
         raise SynthctError("no usable training slices (all below data.min_body_fraction?)",
                            cfg.data.root or cfg.data.mr)
@@ -486,6 +487,7 @@ def generator_meta(cfg: RunConfig, module: nn.Module, direction: str, dataset, s
                                                cfg.model.ngf, cfg.model.blocks),
         "slices": cfg.data.slices, "size": cfg.data.size, "axis": cfg.data.axis, "resize": cfg.data.resize,
         "intensity_mode": dataset.intensity_mode,
+        "body_masked": cfg.model.body_masked,
         "input_mapping": mappings[source], "output_mapping": mappings[target],
         "step": step, "epoch": epoch, "config": config_to_dict(cfg),
     }

@@ -41,6 +41,8 @@ def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Mod
             raise SynthctError(f"model.{key}: must be 0 (off) or positive, got {getattr(cfg, key)}")
     if cfg.pool_size < 0:
         raise SynthctError(f"model.pool_size: must be 0 (off) or more, got {cfg.pool_size}")
+    if cfg.body_masked and cfg.name != "cyclegan":
+        raise SynthctError(f"model.body_masked: only the cyclegan model has it, not {cfg.name}")
     try:
         return MODELS[cfg.name](cfg, in_channels, out_channels)
     except ValueError as exc:

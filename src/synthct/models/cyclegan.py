@@ -3,6 +3,12 @@ discriminators D_ct and D_mr, and the full objective in one place (``generator_l
 
 With 2.5D input both domains carry k slices as channels: G and F map k-slice stacks to k-slice
 stacks, the discriminators judge all k, and inference keeps the centre channel.
+
+Body-masked (``model.body_masked``): each translation is air (-1) outside its source's body mask,
+and the discriminators judge only patches inside the body (each patch weighted by its body
+fraction). A PatchGAN's small receptive field cannot tell a dark head from the black background
+around it, so an unmasked generator can render the brain black and the air grey and still look
+real patch by patch; judged inside the body only, a black brain is an obvious fake.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import l1_loss
+from torch.nn.functional import adaptive_avg_pool2d, l1_loss
 
 from synthct.config import ModelConfig
 from synthct.models.common import centre_channel, init_weights, set_requires_grad
@@ -28,12 +34,24 @@ def batched(net: nn.Module, *inputs: Tensor) -> tuple[Tensor, ...]:
     return net(torch.cat(inputs)).split([len(x) for x in inputs])
 
 
-def discriminator_objective(gan: GANLoss, D: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+def in_body(image: Tensor, body: Tensor | None) -> Tensor:
+    """The image inside the body mask, air (-1) outside; unchanged without a mask."""
+    return image if body is None else image.masked_fill(body <= 0.5, -1.0)
+
+
+def patch_weights(body: Tensor | None, prediction: Tensor) -> Tensor | None:
+    """Each discriminator output's share of body: the centre slice's mask averaged onto the
+    prediction map's grid."""
+    return None if body is None else adaptive_avg_pool2d(centre_channel(body).float(), prediction.shape[-2:])
+
+
+def discriminator_objective(gan: GANLoss, D: nn.Module, real: Tensor, fake: Tensor,
+                            real_body: Tensor | None = None, fake_body: Tensor | None = None) -> Tensor:
     """0.5 * (L_GAN(D(real), real) + L_GAN(D(fake), fake)); halved as in the reference so D
     learns at half the generators' rate. Real and fake share one D call (exact, see batched)."""
     pred_real, pred_fake = batched(D, real, fake.detach())
-    return 0.5 * (gan(pred_real, True, for_discriminator=True)
-                  + gan(pred_fake, False, for_discriminator=True))
+    return 0.5 * (gan(pred_real, True, for_discriminator=True, weight=patch_weights(real_body, pred_real))
+                  + gan(pred_fake, False, for_discriminator=True, weight=patch_weights(fake_body, pred_fake)))
 
 
 def new_pool_seed() -> int:
@@ -62,6 +80,7 @@ class CycleGAN(nn.Module):
         self.lambda_cycle = cfg.lambda_cycle
         self.lambda_identity = cfg.lambda_identity
         self.lambda_struct = cfg.lambda_struct
+        self.body_masked = cfg.body_masked
         self.pool_ct = ImagePool(cfg.pool_size, seed=new_pool_seed())
         self.pool_mr = ImagePool(cfg.pool_size, seed=new_pool_seed())
 
@@ -78,23 +97,29 @@ class CycleGAN(nn.Module):
 
     def generator_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], dict]:
         real_mr, real_ct = batch["mr"], batch["ct"]
+        mr_body, ct_body = self.bodies(batch)
         identity = self.lambda_identity > 0
         set_requires_grad([self.D_ct, self.D_mr], False)
 
         # Each generator runs once per input set it needs, batched along N: G on {mr, ct}, then F
         # on everything it needs that is already known ({ct, mr, G(mr)}), then G on F(ct).
+        # Every image keeps the body of the image it was translated from.
         if identity:
             fake_ct, idt_ct = batched(self.G, real_mr, real_ct)
+            fake_ct, idt_ct = in_body(fake_ct, mr_body), in_body(idt_ct, ct_body)
             fake_mr, idt_mr, rec_mr = batched(self.F, real_ct, real_mr, fake_ct)
+            idt_mr = in_body(idt_mr, mr_body)
         else:
-            fake_ct = self.G(real_mr)
+            fake_ct = in_body(self.G(real_mr), mr_body)
             fake_mr, rec_mr = batched(self.F, real_ct, fake_ct)
-        rec_ct = self.G(fake_mr)
+        fake_mr, rec_mr = in_body(fake_mr, ct_body), in_body(rec_mr, mr_body)
+        rec_ct = in_body(self.G(fake_mr), ct_body)
+        pred_ct, pred_mr = self.D_ct(fake_ct), self.D_mr(fake_mr)
 
         lam = self.lambda_cycle
         terms = {
-            "G_gan": self.gan(self.D_ct(fake_ct), True, for_discriminator=False),   # L_GAN(G, D_ct)
-            "F_gan": self.gan(self.D_mr(fake_mr), True, for_discriminator=False),   # L_GAN(F, D_mr)
+            "G_gan": self.gan(pred_ct, True, False, patch_weights(mr_body, pred_ct)),  # L_GAN(G, D_ct)
+            "F_gan": self.gan(pred_mr, True, False, patch_weights(ct_body, pred_mr)),  # L_GAN(F, D_mr)
             "cycle_mr": lam * l1_loss(rec_mr.float(), real_mr.float()),             # |F(G(mr)) - mr|
             "cycle_ct": lam * l1_loss(rec_ct.float(), real_ct.float()),             # |G(F(ct)) - ct|
         }
@@ -107,7 +132,7 @@ class CycleGAN(nn.Module):
         total = sum(terms.values())
 
         cache = {"fake_ct": fake_ct.detach(), "fake_mr": fake_mr.detach(),
-                 "rec_mr": rec_mr.detach(), "rec_ct": rec_ct.detach()}
+                 "rec_mr": rec_mr.detach(), "rec_ct": rec_ct.detach(), "mr_body": mr_body, "ct_body": ct_body}
         return total, {name: value.detach() for name, value in terms.items()}, cache
 
     def warmup_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -123,9 +148,30 @@ class CycleGAN(nn.Module):
 
     def discriminator_loss(self, batch: dict[str, Tensor], cache: dict) -> tuple[Tensor, dict[str, Tensor]]:
         set_requires_grad([self.D_ct, self.D_mr], True)
-        loss_ct = discriminator_objective(self.gan, self.D_ct, batch["ct"], self.pool_ct.query(cache["fake_ct"]))
-        loss_mr = discriminator_objective(self.gan, self.D_mr, batch["mr"], self.pool_mr.query(cache["fake_mr"]))
+        mr_body, ct_body = self.bodies(batch)
+        if not self.body_masked:
+            loss_ct = discriminator_objective(self.gan, self.D_ct, batch["ct"], self.pool_ct.query(cache["fake_ct"]))
+            loss_mr = discriminator_objective(self.gan, self.D_mr, batch["mr"], self.pool_mr.query(cache["fake_mr"]))
+        else:  # a pooled fake keeps its source's body mask as an extra channel
+            fake_ct, fake_ct_body = self._query(self.pool_ct, cache["fake_ct"], cache["mr_body"])
+            fake_mr, fake_mr_body = self._query(self.pool_mr, cache["fake_mr"], cache["ct_body"])
+            loss_ct = discriminator_objective(self.gan, self.D_ct, batch["ct"], fake_ct, ct_body, fake_ct_body)
+            loss_mr = discriminator_objective(self.gan, self.D_mr, batch["mr"], fake_mr, mr_body, fake_mr_body)
         return loss_ct + loss_mr, {"D_ct": loss_ct.detach(), "D_mr": loss_mr.detach()}
+
+    def bodies(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        """(MR body, CT body) masks of the batch when body-masked, else (None, None)."""
+        if not self.body_masked:
+            return None, None
+        try:
+            return batch["mr_body"], batch["ct_body"]
+        except KeyError:
+            raise ValueError("model.body_masked needs batches with mr_body and ct_body masks") from None
+
+    @staticmethod
+    def _query(pool: ImagePool, fake: Tensor, body: Tensor) -> tuple[Tensor, Tensor]:
+        stored = pool.query(torch.cat([fake, body.to(fake.dtype)], dim=1))
+        return stored[:, :fake.shape[1]], stored[:, fake.shape[1]:]
 
     def samples(self, cache: dict, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Centre slices (N, 1, H, W) for a sample grid."""

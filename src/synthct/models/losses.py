@@ -31,19 +31,29 @@ class GANLoss(nn.Module):
             raise ValueError(f"unknown GAN mode '{mode}' ({' | '.join(GAN_MODES)})")
         self.mode = mode
 
-    def forward(self, prediction: Tensor, target_is_real: bool, for_discriminator: bool) -> Tensor:
+    def forward(self, prediction: Tensor, target_is_real: bool, for_discriminator: bool,
+                weight: Tensor | None = None) -> Tensor:
+        """``weight``: optional (N, 1, h, w) weights of the prediction map's positions (e.g. the
+        fraction of each patch inside the body); the mean becomes a weighted mean."""
         prediction = prediction.float()
         if self.mode == "hinge":
             if not for_discriminator:
                 if not target_is_real:
                     raise ValueError("the hinge generator loss is defined for target_is_real=True only")
-                return -prediction.mean()
+                return _weighted_mean(-prediction, weight)
             margin = 1 - prediction if target_is_real else 1 + prediction
-            return F.relu(margin).mean()
+            return _weighted_mean(F.relu(margin), weight)
         target = torch.full_like(prediction, 1.0 if target_is_real else 0.0)
         if self.mode == "lsgan":
-            return F.mse_loss(prediction, target)
-        return F.binary_cross_entropy_with_logits(prediction, target)
+            return _weighted_mean(F.mse_loss(prediction, target, reduction="none"), weight)
+        return _weighted_mean(F.binary_cross_entropy_with_logits(prediction, target, reduction="none"), weight)
+
+
+def _weighted_mean(values: Tensor, weight: Tensor | None) -> Tensor:
+    if weight is None:
+        return values.mean()
+    weight = weight.float().expand_as(values)
+    return (values * weight).sum() / weight.sum().clamp_min(1e-6)
 
 
 def _gaussian_kernel(sigma: float, device, dtype) -> Tensor:

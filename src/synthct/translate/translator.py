@@ -292,10 +292,13 @@ class Translator:
         """The synthetic image (float32, the input's geometry; HU for CT).
 
         ``mask``: a boolean array of the input's shape or "auto" (body mask of the input);
-        outside it the output is air (-1000 HU for CT, the darkest MR / 8-bit level).
+        outside it the output is air (-1000 HU for CT, the darkest MR / 8-bit level). A model
+        trained body-masked (``model.body_masked``) gets "auto" when no mask is given, as in training.
         With ``qa=True`` returns a :class:`QAResult` with the cycle error map and summary.
         ``progress(n)`` is called with the number of slices finished after every batch.
         """
+        if mask is None and self.meta.get("body_masked"):
+            mask = "auto"
         source_mapping = self.source_mapping(vol)
         axis = 0 if vol.is_2d else self.axis
         spacing_zyx = (vol.spacing[2], vol.spacing[1], vol.spacing[0])
