@@ -8,7 +8,7 @@ from torch import nn
 
 from synthct.config import ModelConfig
 from synthct.errors import SynthctError
-from synthct.models import (CUT, CycleGAN, ImagePool, PatchDiscriminator, Pix2Pix, ResnetGenerator,
+from synthct.models import (CUT, CycleGAN, GANLoss, ImagePool, PatchDiscriminator, Pix2Pix, ResnetGenerator,
                             UnetGenerator, build_model, init_weights, receptive_field)
 from synthct.models.cyclegan import batched
 from unpaired_inversion import adversarial_step, inversion_errors
@@ -298,3 +298,62 @@ def test_tiny_cyclegan_learns_intensity_inversion_from_unpaired_data():
     torch.manual_seed(0)
     untrained, trained = inversion_errors(build_model(tiny(lambda_identity=0.0, pool_size=10), 1, 1))
     assert trained < 0.5 * untrained  # about 0.72 -> 0.16
+
+
+def test_gan_loss_weights_ignore_positions_outside_the_body():
+    prediction = torch.randn(2, 1, 6, 6)
+    weight = torch.zeros(2, 1, 6, 6)
+    weight[:, :, 1:4, 2:5] = 1.0
+    changed = prediction.clone()
+    changed[weight == 0] += 5.0
+    for mode in ("lsgan", "vanilla", "hinge"):
+        gan = GANLoss(mode)
+        for real, for_d in ((True, True), (False, True), (True, False)):
+            assert torch.allclose(gan(prediction, real, for_d), gan(prediction, real, for_d, torch.ones_like(weight)))
+            assert torch.allclose(gan(prediction, real, for_d, weight), gan(changed, real, for_d, weight))
+            assert not torch.allclose(gan(prediction, real, for_d), gan(changed, real, for_d))
+
+
+def test_body_masked_cyclegan_keeps_air_outside_and_judges_inside_the_body():
+    torch.manual_seed(0)
+    model = CycleGAN(tiny(body_masked=True, lambda_identity=0.5, pool_size=2), 1, 1)
+    body = torch.zeros(2, 1, 32, 32)
+    body[:, :, 6:26, 8:24] = 1.0
+    batch = {"mr": torch.rand(2, 1, 32, 32) * 2 - 1, "ct": torch.rand(2, 1, 32, 32) * 2 - 1,
+             "mr_body": body, "ct_body": torch.flip(body, dims=(-2,))}
+    for _ in range(4):  # fill the pools so that queries also return stored fakes
+        _, terms, cache = model.generator_loss(batch)
+        model.discriminator_loss(batch, cache)
+    outside_mr, outside_ct = batch["mr_body"] == 0, batch["ct_body"] == 0
+    assert (cache["fake_ct"][outside_mr] == -1).all() and (cache["rec_mr"][outside_mr] == -1).all()
+    assert (cache["fake_mr"][outside_ct] == -1).all() and (cache["rec_ct"][outside_ct] == -1).all()
+    assert (cache["fake_ct"][~outside_mr] != -1).any()
+    for pool, channels in ((model.pool_ct, 1), (model.pool_mr, 1)):
+        for stored in pool.images:  # each pooled fake carries its own source's body as a channel
+            fake, mask = stored[:channels], stored[channels:]
+            assert (fake[mask == 0] == -1).all() and mask.sum() > 0
+    with pytest.raises(ValueError, match="mr_body and ct_body"):
+        model.generator_loss({"mr": batch["mr"], "ct": batch["ct"]})
+
+
+def test_body_masking_is_cyclegan_only():
+    with pytest.raises(SynthctError, match="body_masked: only the cyclegan"):
+        build_model(tiny(name="pix2pix", body_masked=True), 1, 1)
+
+
+def test_masked_discriminator_objective_ignores_patches_outside_the_body():
+    """With body masks, real and fake patches outside the body do not enter D's loss (a local,
+    norm-free D here, so each output sees only its own patch); without masks they do."""
+    from synthct.models.cyclegan import discriminator_objective
+
+    torch.manual_seed(0)
+    D, gan = nn.Conv2d(1, 1, 4, stride=4), GANLoss("lsgan")
+    real, fake = torch.rand(1, 1, 64, 64) * 2 - 1, torch.rand(1, 1, 64, 64) * 2 - 1
+    body = torch.zeros(1, 1, 64, 64)
+    body[..., 16:48, 16:48] = 1.0
+    real_out, fake_out = real.clone(), fake.clone()
+    real_out[..., :8, :] = 1.0
+    fake_out[..., :, 56:] = -1.0
+    masked = [discriminator_objective(gan, D, r, f, body, body) for r, f in ((real, fake), (real_out, fake_out))]
+    plain = [discriminator_objective(gan, D, r, f) for r, f in ((real, fake), (real_out, fake_out))]
+    assert torch.allclose(masked[0], masked[1]) and not torch.allclose(plain[0], plain[1])

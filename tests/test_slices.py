@@ -163,3 +163,26 @@ def test_bad_settings_are_one_line_errors(data):
 def test_fit_layout_keeps_physical_aspect():
     assert fit_layout((100, 200), (1.0, 1.0), 64) == (32, 64, 16, 0)
     assert fit_layout((100, 100), (2.0, 1.0), 64) == (64, 32, 0, 16)
+
+
+def test_body_masks_travel_with_their_slices_through_resize_flip_and_rotation(data):
+    plain = SliceDataset(data, config(size=20, resize="fit", affine=10.0, flip=True), seed=3)
+    masked = SliceDataset(data, config(size=20, resize="fit", affine=10.0, flip=True), seed=3, body_masks=True)
+    assert "mr_body" not in plain[0]
+    flipped_or_rotated = 0
+    for i in range(len(masked)):
+        item, same = masked[i], plain[i]
+        for modality in ("mr", "ct"):
+            assert torch.equal(item[modality], same[modality])  # masks change nothing else
+            body = item[f"{modality}_body"]
+            assert body.shape == item[modality].shape and set(body.unique().tolist()) <= {0.0, 1.0}
+            # the body is the box brighter than air: the mask covers it up to its partial-volume
+            # rim and nothing beyond, wherever resizing, flips and rotation put it
+            x = item[modality]
+            rim_off = -torch.nn.functional.max_pool2d(-(x > -0.9).float()[None], 3, 1, 1)[0]
+            assert not ((rim_off == 1) & (body == 0)).any(), (i, modality)
+            assert body.mean() > 0.25
+            if modality == "ct":  # (the MR's darkest body voxels map to air's -1 too)
+                assert not ((x == -1) & (body == 1)).any(), i
+            flipped_or_rotated += int(not torch.equal(body, torch.flip(body, dims=(-1,))))
+    assert flipped_or_rotated > 0

@@ -149,6 +149,17 @@ def test_mask_sets_air_outside_body():
     np.testing.assert_allclose(out.array[mask], 40, atol=0.5)
 
 
+def test_body_masked_models_mask_by_default_others_do_not():
+    array = np.full((2, 16, 16), -800.0, np.float32)  # outside the body (below -500 HU)
+    array[:, 4:12, 4:12] = 40.0
+    vol = Volume(array=array)
+    plain = Translator.from_runner(identity, stub_meta(size=16)).translate_volume(vol)
+    masked = Translator.from_runner(identity, stub_meta(size=16) | {"body_masked": True}).translate_volume(vol)
+    np.testing.assert_allclose(plain.array[array == -800], -800, atol=0.5)
+    assert np.all(masked.array[array == -800] == -1000)
+    np.testing.assert_allclose(masked.array[array == 40], 40, atol=0.5)
+
+
 def test_cycle_qa_reports_errors_in_source_units_and_flags_bad_slices():
     array = np.zeros((16, 12, 12), np.float32)
     array[5] = 500.0
