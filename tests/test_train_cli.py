@@ -138,3 +138,6 @@ def test_body_masked_training_resumes_and_its_synthetic_ct_is_air_outside_the_bo
     sct = read_image(tmp_path / "sct" / "mr_sct.nii.gz").array
     body = body_mask(read_image(mr).array, "mr")
     assert (~body).any() and (sct[~body] == -1000).all() and (sct[body] > -1000).any()
+    assert main(["translate", "--model", str(out), "--direction", "mr2ct", str(mr), "--out", str(tmp_path / "raw"),
+                 "--device", "cpu", "--mask", "none"]) == 0
+    assert (read_image(tmp_path / "raw" / "mr_sct.nii.gz").array[~body] > -1000).any()

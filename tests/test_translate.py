@@ -158,6 +158,8 @@ def test_body_masked_models_mask_by_default_others_do_not():
     np.testing.assert_allclose(plain.array[array == -800], -800, atol=0.5)
     assert np.all(masked.array[array == -800] == -1000)
     np.testing.assert_allclose(masked.array[array == 40], 40, atol=0.5)
+    raw = Translator.from_runner(identity, stub_meta(size=16) | {"body_masked": True}).translate_volume(vol, mask="none")
+    np.testing.assert_allclose(raw.array[array == -800], -800, atol=0.5)
 
 
 def test_cycle_qa_reports_errors_in_source_units_and_flags_bad_slices():

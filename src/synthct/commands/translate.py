@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=("int16", "float32", "uint8"),
                         help="output type (default: int16 for synthetic CT in HU, uint8 for 8-bit models, "
                              "float32 for synthetic MR)")
-    parser.add_argument("--mask", help="body mask file (non-zero = body; one input only) or 'auto': "
+    parser.add_argument("--mask", help="body mask file (non-zero = body; one input only), 'auto' or 'none': "
                                        "outside the body the output is air (default: auto for models trained with "
                                        "model.body_masked, none otherwise)")
     parser.add_argument("--resample", default="auto", choices=("auto", "native", "fit"),
@@ -128,7 +128,7 @@ def run(args) -> int:
         raise SynthctError(problems[0][1])
     if not inputs:
         raise SynthctError("no inputs to translate")
-    mask_file = args.mask if args.mask and args.mask != "auto" else None
+    mask_file = args.mask if args.mask not in (None, "auto", "none") else None
     if mask_file and len(inputs) > 1:
         raise SynthctError("a mask file fits one input; use --mask auto for several inputs", mask_file)
 

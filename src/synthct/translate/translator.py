@@ -293,12 +293,15 @@ class Translator:
 
         ``mask``: a boolean array of the input's shape or "auto" (body mask of the input);
         outside it the output is air (-1000 HU for CT, the darkest MR / 8-bit level). A model
-        trained body-masked (``model.body_masked``) gets "auto" when no mask is given, as in training.
+        trained body-masked (``model.body_masked``) gets "auto" when no mask is given, as in
+        training; "none" turns masking off for any model.
         With ``qa=True`` returns a :class:`QAResult` with the cycle error map and summary.
         ``progress(n)`` is called with the number of slices finished after every batch.
         """
         if mask is None and self.meta.get("body_masked"):
             mask = "auto"
+        elif isinstance(mask, str) and mask == "none":
+            mask = None
         source_mapping = self.source_mapping(vol)
         axis = 0 if vol.is_2d else self.axis
         spacing_zyx = (vol.spacing[2], vol.spacing[1], vol.spacing[0])
@@ -448,7 +451,7 @@ class Translator:
             modality = {CTWindow: "ct", EightBit: "8bit"}.get(type(self.input_mapping), "mr")
             return body_mask(vol.array, modality)
         if mask is not None:
-            raise SynthctError(f"mask must be a boolean array or 'auto', got {mask!r}")
+            raise SynthctError(f"mask must be a boolean array, 'auto' or 'none', got {mask!r}")
         return None
 
     def _backward_runner(self) -> Runner:
