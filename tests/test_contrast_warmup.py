@@ -11,7 +11,7 @@ from synthct.engine.checkpoint import load_generator
 from synthct.engine.trainer import seed_everything, train
 from synthct.errors import SynthctError
 from synthct.models import build_model
-from synthct.models.contrast import random_grey_map
+from synthct.models.contrast import inverted_foreground, random_grey_map
 
 
 def three_tissue_slice():
@@ -60,6 +60,45 @@ def test_each_image_of_a_batch_gets_its_own_map_and_a_seed_repeats_it():
 def test_an_empty_slice_maps_to_a_dark_constant():
     y = random_grey_map(torch.full((1, 1, 8, 8), -1.0))
     assert y.unique().numel() == 1 and y.max() <= -0.7
+
+
+def test_inverting_the_foreground_reverses_the_tissue_order_and_keeps_air_dark():
+    x = torch.cat([three_tissue_slice(), three_tissue_slice() * 0.5 - 0.2])  # two images, two backgrounds
+    y = inverted_foreground(x)
+    for n, background in enumerate((-1.0, -0.7)):
+        air, brain, fluid = (y[n][x[n] == grey] for grey in (background, x[n, 0, 8, 8], x[n, 0, 13, 13]))
+        assert torch.all(air == background)  # air stays air
+        assert torch.allclose(brain, -x[n, 0, 8, 8]) and torch.allclose(fluid, -x[n, 0, 13, 13])
+        assert fluid.max() < brain.min()  # fluid brighter than brain before, darker after
+
+
+def test_the_inverted_warmup_teaches_each_generator_its_inputs_inverted_foreground():
+    cfg = load_run_config("tiny")
+    cfg.model.warmup_target = "inverted"
+    cfg.train.contrast_warmup = 1.0
+    model, trainer = tiny_trainer(cfg, total_steps=60)
+    torch.manual_seed(0)
+    mr = three_tissue_slice() * 0.8 + 0.1 * torch.rand(1, 1, 32, 32)
+    ct = three_tissue_slice().flip(-1)
+    batch = {"mr": mr, "ct": ct}
+
+    def errors():
+        with torch.no_grad():
+            return ((model.G(mr) - inverted_foreground(mr)).abs().mean().item(),
+                    (model.F(ct) - inverted_foreground(ct)).abs().mean().item())
+
+    before = errors()
+    losses = [trainer.step(batch).losses for _ in range(60)]
+    after = errors()
+    assert set(losses[0]) == {"warm_ct", "warm_mr"}
+    assert after[0] < 0.5 * before[0] and after[1] < 0.5 * before[1]
+
+
+def test_an_unknown_warmup_target_is_a_clear_error():
+    cfg = load_run_config("tiny")
+    cfg.model.warmup_target = "negative"
+    with pytest.raises(SynthctError, match="model.warmup_target: unknown value 'negative'"):
+        build_model(cfg.model, 1, 1)
 
 
 def test_warmup_steps_train_only_the_generators_then_the_game_starts():

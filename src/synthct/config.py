@@ -54,6 +54,10 @@ class ModelConfig:
     # CycleGAN: translations are air outside their source's body mask and the discriminators judge
     # patches inside the body only (see models/cyclegan.py); inference then masks by default.
     body_masked: bool = False
+    # What the contrast warm-up (train.contrast_warmup) teaches the generators: "restore" their own
+    # domain from random grey-level maps of it, or "inverted": each domain's foreground negated,
+    # as a prior for the other's contrast (models/contrast.py).
+    warmup_target: str = "restore"
 
 
 @dataclass
@@ -82,8 +86,8 @@ class TrainConfig:
     coarse_size: int | None = None
     coarse_until: float = 0.5
     # Contrast warm-up (CycleGAN): the first contrast_warmup of the schedule trains only the
-    # generators, each to restore its own domain's slices from random grey-level maps of them
-    # (models/contrast.py), before the adversarial game starts; 0 = off, 1 = warm-up only.
+    # generators towards model.warmup_target (models/contrast.py), before the adversarial game
+    # starts; 0 = off, 1 = warm-up only.
     contrast_warmup: float = 0.0
     log_every: int = 10
     sample_every: int = 200

@@ -1,4 +1,6 @@
-"""Random grey-level maps for the contrast warm-up of the generators (``CycleGAN.warmup_loss``).
+"""Grey-level maps for the contrast warm-up of the generators (``CycleGAN.warmup_loss``).
+
+``random_grey_map`` (warm-up target "restore"):
 
 A generator trained to turn h(ct) back into ct, for random non-monotone grey-level maps h, must
 read tissue from shape and context rather than from grey level: bone comes out bright whatever
@@ -7,6 +9,13 @@ and what an unpaired adversarial game finds only sometimes within a short budget
 mode of docs/RESULTS.md: T2-bright fluid left bright). The idea is domain randomisation over
 contrasts, as in SynthSeg (Billot et al. 2023), applied to each domain's own images, so no
 pairing is used.
+
+``inverted_foreground`` (warm-up target "inverted"): the other domain's contrast as a fixed prior.
+T2-weighted MR and brain-windowed CT order the head's main tissues roughly in reverse (fluid
+bright / dark, bone dark / bright, brain in between), so each generator is first taught to
+invert its input's foreground, air left dark. On the real brain slices every AVX2 run that
+learnt to turn fluid dark went through such an inverted phase in its first minutes and every
+run that did not never did (docs/RESULTS.md, "An eighth session"); this starts every run there.
 """
 
 from __future__ import annotations
@@ -49,3 +58,10 @@ def random_grey_map(x: Tensor, knots: int = 12) -> Tensor:
         mapped = outputs[upper - 1] + t * (outputs[upper] - outputs[upper - 1])
         out[n] = mapped.reshape(image.shape).to(x.dtype)
     return out
+
+
+def inverted_foreground(x: Tensor) -> Tensor:
+    """Each image of ``x`` (N, C, H, W, values in [-1, 1]) with its foreground negated (-x) and its
+    background (greys within BACKGROUND_MARGIN of the image's minimum) kept as it is."""
+    background = x.detach().amin(dim=(1, 2, 3), keepdim=True)
+    return torch.where(x > background + BACKGROUND_MARGIN, -x, x)

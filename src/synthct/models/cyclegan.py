@@ -21,7 +21,7 @@ from torch.nn.functional import adaptive_avg_pool2d, l1_loss
 
 from synthct.config import ModelConfig
 from synthct.models.common import centre_channel, init_weights, set_requires_grad
-from synthct.models.contrast import random_grey_map
+from synthct.models.contrast import inverted_foreground, random_grey_map
 from synthct.models.discriminator import PatchDiscriminator
 from synthct.models.generators import build_generator
 from synthct.models.losses import GANLoss, build_structure_loss
@@ -81,6 +81,7 @@ class CycleGAN(nn.Module):
         self.lambda_identity = cfg.lambda_identity
         self.lambda_struct = cfg.lambda_struct
         self.body_masked = cfg.body_masked
+        self.warmup_target = cfg.warmup_target
         self.pool_ct = ImagePool(cfg.pool_size, seed=new_pool_seed())
         self.pool_mr = ImagePool(cfg.pool_size, seed=new_pool_seed())
 
@@ -136,14 +137,22 @@ class CycleGAN(nn.Module):
         return total, {name: value.detach() for name, value in terms.items()}, cache
 
     def warmup_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The contrast warm-up before the adversarial game (train.contrast_warmup):
-        L_warm = |G(h(ct)) - ct|_1 + |F(h'(mr)) - mr|_1 for random grey-level maps h, h'
-        (models/contrast.py). Each image is its own target, so no pairing is used."""
+        """The contrast warm-up before the adversarial game (train.contrast_warmup), one of
+        (model.warmup_target, models/contrast.py):
+        "restore":  L_warm = |G(h(ct)) - ct|_1 + |F(h'(mr)) - mr|_1 for random grey-level maps h, h';
+        "inverted": L_warm = |G(mr) - inv(mr)|_1 + |F(ct) - inv(ct)|_1, inv = foreground negated.
+        Each target is a function of the image alone, so no pairing is used."""
         real_mr, real_ct = batch["mr"], batch["ct"]
-        terms = {
-            "warm_ct": l1_loss(self.G(random_grey_map(real_ct)).float(), real_ct.float()),  # |G(h(ct)) - ct|
-            "warm_mr": l1_loss(self.F(random_grey_map(real_mr)).float(), real_mr.float()),  # |F(h'(mr)) - mr|
-        }
+        if self.warmup_target == "inverted":
+            terms = {
+                "warm_ct": l1_loss(self.G(real_mr).float(), inverted_foreground(real_mr).float()),  # |G(mr) - inv(mr)|
+                "warm_mr": l1_loss(self.F(real_ct).float(), inverted_foreground(real_ct).float()),  # |F(ct) - inv(ct)|
+            }
+        else:
+            terms = {
+                "warm_ct": l1_loss(self.G(random_grey_map(real_ct)).float(), real_ct.float()),  # |G(h(ct)) - ct|
+                "warm_mr": l1_loss(self.F(random_grey_map(real_mr)).float(), real_mr.float()),  # |F(h'(mr)) - mr|
+            }
         return sum(terms.values()), {name: value.detach() for name, value in terms.items()}
 
     def discriminator_loss(self, batch: dict[str, Tensor], cache: dict) -> tuple[Tensor, dict[str, Tensor]]:
