@@ -308,17 +308,19 @@ def constant_in_head(test: list[TestSlice], grey: float) -> dict[str, np.ndarray
     return {item.id: np.where(item.head, grey, 0.0) for item in test}
 
 
-def histogram_matched(test: list[TestSlice], ct_head_pixels: np.ndarray) -> dict[str, np.ndarray]:
+def histogram_matched(test: list[TestSlice], ct_head_pixels: np.ndarray, inverted: bool = False) -> dict[str, np.ndarray]:
     """Each test MR slice's in-head pixels mapped monotonically so that their histogram matches
     the pooled in-head histogram of the training CTs (skimage ``match_histograms``); 0 outside.
     Restricting both sides to the head keeps the background (most of a slice) from dominating
-    either histogram."""
+    either histogram. ``inverted``: the MR's grey levels are reversed first (255 - MR), so the
+    map is monotone decreasing: T2-bright fluid comes out dark, dark bone bright."""
     from skimage.exposure import match_histograms
 
     predictions = {}
     for item in test:
         pred = np.zeros_like(item.mr)
-        pred[item.head] = match_histograms(item.mr[item.head], ct_head_pixels)
+        inside = item.mr[item.head]
+        pred[item.head] = match_histograms(255 - inside if inverted else inside, ct_head_pixels)
         predictions[item.id] = pred
     return predictions
 
@@ -333,6 +335,9 @@ def baselines(work: Path) -> dict:
         ("mr_as_ct", "the test MR itself used as the synthetic CT", {t.id: t.mr for t in test}),
         ("histogram_matched", "test MR, in-head histogram matched to the pooled in-head histogram of the "
                               "training CTs (per slice; 0 outside the head)", histogram_matched(test, ct_pixels)),
+        ("inverted_histogram_matched", "test MR with its grey levels reversed (255 - MR), then in-head "
+                                       "histogram matched like histogram_matched",
+         histogram_matched(test, ct_pixels, inverted=True)),
         ("constant_110", f"constant {CONSTANT_GREY:g} inside the head, 0 outside",
          constant_in_head(test, CONSTANT_GREY)),
         ("constant_train_median", f"median in-head grey of the training CTs ({train_median:g}) inside the "
@@ -504,6 +509,7 @@ def markdown_table(ours: list[tuple[str, str, dict]], baseline_result: dict | No
     rows = list(ours)
     if baseline_result is not None:
         labels = {"mr_as_ct": "MR as CT", "histogram_matched": "MR histogram-matched to training CT",
+                  "inverted_histogram_matched": "inverted MR histogram-matched to training CT",
                   "constant_110": f"constant {CONSTANT_GREY:g} in the head",
                   "constant_train_median": "constant = training-CT median in the head",
                   "constant_best_oracle": "best constant in the head (oracle)"}

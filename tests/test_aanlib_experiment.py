@@ -165,6 +165,14 @@ def test_histogram_matching_maps_the_head_onto_the_training_ct_grey_levels(work)
         # Monotone: brighter MR stays brighter.
         order = np.argsort(t.mr[t.head], kind="stable")
         assert np.all(np.diff(inside[order]) >= 0)
+    inverted = exp.histogram_matched(test, ct_pixels, inverted=True)
+    for t in test:
+        inside = inverted[t.id][t.head]
+        assert np.all(inverted[t.id][~t.head] == 0)
+        # Monotone decreasing: brighter MR comes out darker, onto the same grey levels.
+        order = np.argsort(t.mr[t.head], kind="stable")
+        assert np.all(np.diff(inside[order]) <= 0)
+        assert ct_pixels.min() <= inside.min() and inside.max() <= ct_pixels.max()
 
 
 def test_snapshots_and_elapsed_minutes_are_found(tmp_path):

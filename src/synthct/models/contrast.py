@@ -13,9 +13,10 @@ pairing is used.
 ``inverted_foreground`` (warm-up target "inverted"): the other domain's contrast as a fixed prior.
 T2-weighted MR and brain-windowed CT order the head's main tissues roughly in reverse (fluid
 bright / dark, bone dark / bright, brain in between), so each generator is first taught to
-invert its input's foreground, air left dark. On the real brain slices every AVX2 run that
-learnt to turn fluid dark went through such an inverted phase in its first minutes and every
-run that did not never did (docs/RESULTS.md, "An eighth session"); this starts every run there.
+invert its input's foreground, air left dark. On the real brain slices the CPU hours that learnt
+to turn fluid dark all went through an early phase of far too dark heads and none without it
+did; starting a run in the reversed order this way did not make it lock in (docs/RESULTS.md,
+"An eighth session").
 """
 
 from __future__ import annotations
