@@ -364,10 +364,16 @@ def translate_test_set(generator_ref: Path, test: list[TestSlice], device: str =
 def evaluate(work: Path, generator_ref: Path, name: str, device: str = "auto",
              test: list[TestSlice] | None = None) -> dict:
     test = test if test is not None else load_test_set(work)
-    result = score(translate_test_set(generator_ref, test, device), test, name, f"synthct generator {generator_ref}")
+    # The sidecar is read before the weights are loaded (and checked against its checksum), so
+    # the step and checksum recorded are those of the weights scored even if a still-running
+    # training exports new ones meanwhile.
     sidecar = Path(generator_ref) / "generator_mr2ct.json" if Path(generator_ref).is_dir() \
         else Path(generator_ref).with_suffix(".json")
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    result = score(translate_test_set(generator_ref, test, device), test, name, f"synthct generator {generator_ref}")
+    if json.loads(sidecar.read_text(encoding="utf-8")).get("sha256") != meta.get("sha256"):
+        raise SynthctError("the generator was replaced while it was being scored (is its training still running?)",
+                           sidecar)
     result["generator"] = {"path": str(generator_ref), "step": meta.get("step"), "epoch": meta.get("epoch"),
                            "sha256": meta.get("sha256"), "model": meta.get("model")}
     return result

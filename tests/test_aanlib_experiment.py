@@ -209,7 +209,7 @@ def test_table_holds_our_rows_baselines_and_the_published_numbers(work):
 
 
 @pytest.mark.slow
-def test_train_evaluate_curve_end_to_end(work, tmp_path):
+def test_train_evaluate_curve_end_to_end(work, tmp_path, monkeypatch):
     run = tmp_path / "run"
     code = exp.train_run(work, "cyclegan", run, minutes=5.0, overrides=[
         "data.size=32", "model.ngf=4", "model.ndf=4", "model.blocks=1", "model.pool_size=2",
@@ -220,6 +220,22 @@ def test_train_evaluate_curve_end_to_end(work, tmp_path):
     assert result["generator"]["step"] == 3
     assert [row["id"] for row in result["per_slice"]] == [f"160{s:02d}" for s in range(3, 3 + SLICES_PER_CASE)]
     assert 0 <= result["means"]["head_mae"] <= 255
+    # A generator replaced while it is scored (its training still exporting) is an error, not a
+    # score recorded under the new weights' step and checksum.
+    sidecar = run / "generator_mr2ct.json"
+    original = sidecar.read_text(encoding="utf-8")
+    scoring = exp.translate_test_set
+
+    def replaced_meanwhile(*args, **kwargs):
+        predictions = scoring(*args, **kwargs)
+        sidecar.write_text(original.replace(result["generator"]["sha256"], "0" * 64), encoding="utf-8")
+        return predictions
+
+    with monkeypatch.context() as patch:
+        patch.setattr(exp, "translate_test_set", replaced_meanwhile)
+        with pytest.raises(SynthctError, match="replaced while it was being scored"):
+            exp.evaluate(work, run, "tiny", device="cpu")
+    sidecar.write_text(original, encoding="utf-8")
     points = exp.curve(work, run, device="cpu")["points"]
     # The preset snapshots the untrained generator at step 0; the final generator closes the curve.
     assert [(p["step"], p["minutes"]) for p in points][0] == (0, 0.0)
