@@ -485,11 +485,8 @@ def reference_lines(work: Path) -> dict[str, float]:
     return lines
 
 
-def train_run(work: Path, model: str, run_dir: Path, minutes: float, overrides: list[str],
-              overwrite: bool = False) -> int:
-    """Train a preset on the prepared folders (CycleGAN unpaired, pix2pix on the true pairs)."""
+def _training_config(work: Path, model: str, overrides: list[str]):
     from synthct.config import apply_overrides, load_config
-    from synthct.engine.trainer import train
 
     work = Path(work)
     read_manifest(work)
@@ -499,7 +496,72 @@ def train_run(work: Path, model: str, run_dir: Path, minutes: float, overrides: 
     else:
         cfg.data.mr, cfg.data.ct, cfg.data.paired = str(work / "train_mr"), str(work / "train_ct"), False
     cfg.data.root = None
+    return cfg
+
+
+def train_run(work: Path, model: str, run_dir: Path, minutes: float, overrides: list[str],
+              overwrite: bool = False) -> int:
+    """Train a preset on the prepared folders (CycleGAN unpaired, pix2pix on the true pairs)."""
+    from synthct.engine.trainer import train
+
+    cfg = _training_config(work, model, overrides)
     cfg.train.max_minutes = minutes
+    return train(cfg, run_dir, overwrite=overwrite).exit_code
+
+
+# The LSGAN discriminator loss 0.5 * ((D(real) - 1)^2 + D(fake)^2) of a discriminator that
+# answers 0.5 to everything: it has learnt nothing that tells the domains apart.
+LSGAN_CHANCE = 0.25
+
+
+def discriminator_loss_window(run_dir: Path, first: int, last: int) -> float:
+    """Mean of (D_ct + D_mr) / 2 over logged steps first..last of a run's log.csv."""
+    with open(Path(run_dir) / "log.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if first <= int(r["step"]) <= last and r.get("D_ct")]
+    if not rows:
+        raise SynthctError(f"no discriminator losses logged for steps {first}-{last}", Path(run_dir) / "log.csv")
+    return float(np.mean([(float(r["D_ct"]) + float(r["D_mr"])) / 2 for r in rows]))
+
+
+def train_with_restarts(work: Path, run_dir: Path, minutes: float, overrides: list[str], restarts: int,
+                        check_steps: int, threshold: float, overwrite: bool = False) -> int:
+    """CycleGAN with restarts decided on training losses alone: after ``check_steps`` steps, a
+    start whose discriminators sit near chance (mean LSGAN loss over the second half of those
+    steps at or above ``threshold``) is set aside (renamed ``<run>.rejected_seed<N>``) and the
+    next seed starts over; a start below it continues to the end. Every attempt's training time
+    counts against the one budget, so the last attempt gets what the others left."""
+    from synthct.engine.trainer import train
+
+    run_dir = Path(run_dir)
+    if restarts < 0 or check_steps < 2:
+        raise SynthctError(f"--restarts must be >= 0 and --check-steps >= 2, got {restarts} and {check_steps}")
+    cfg = _training_config(work, "cyclegan", overrides)
+    if cfg.model.gan_mode != "lsgan":
+        raise SynthctError(f"restarts judge the LSGAN discriminator loss; model.gan_mode is {cfg.model.gan_mode}")
+    spent_minutes, first_seed = 0.0, cfg.train.seed
+    for attempt in range(restarts):
+        cfg.train.seed = first_seed + attempt
+        rejected = run_dir.with_name(f"{run_dir.name}.rejected_seed{cfg.train.seed}")
+        if rejected.exists():
+            raise SynthctError("exists; move it away before restarting this run", rejected)
+        cfg.train.max_minutes, cfg.train.stop_at_step = minutes - spent_minutes, check_steps
+        result = train(cfg, run_dir, overwrite=overwrite)
+        if result.stopped != "step":
+            return result.exit_code
+        window = f"steps {check_steps // 2 + 1}-{check_steps}"
+        loss = discriminator_loss_window(run_dir, check_steps // 2 + 1, check_steps)
+        cfg.train.stop_at_step = None
+        if loss < threshold:
+            print(f"seed {cfg.train.seed}: discriminator loss {loss:.3f} over {window} (< {threshold:g}); "
+                  "continuing this start")
+            return train(cfg, run_dir, resume=True).exit_code
+        with open(run_dir / "log.csv", newline="", encoding="utf-8") as fh:
+            spent_minutes += float(list(csv.DictReader(fh))[-1]["elapsed_s"]) / 60
+        run_dir.rename(rejected)
+        print(f"seed {cfg.train.seed}: discriminator loss {loss:.3f} over {window} (chance {LSGAN_CHANCE}, "
+              f"threshold {threshold:g}); set aside as {rejected.name}, {minutes - spent_minutes:.1f} min left")
+    cfg.train.seed = first_seed + restarts
+    cfg.train.max_minutes = minutes - spent_minutes
     return train(cfg, run_dir, overwrite=overwrite).exit_code
 
 
@@ -580,6 +642,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget; the lr schedule follows it (default 60)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set data.size=64 (repeatable)")
+    p.add_argument("--restarts", type=int, default=0,
+                   help="CycleGAN: up to this many fresh starts (seed + 1, + 2, ...) when the discriminators "
+                        "sit near chance after --check-steps steps; the budget covers them all (default 0)")
+    p.add_argument("--check-steps", type=int, default=100, help="steps before a start is judged (default 100)")
+    p.add_argument("--threshold", type=float, default=0.20,
+                   help=f"mean LSGAN discriminator loss, second half of the check, below which a start "
+                        f"continues (chance is {LSGAN_CHANCE}; default 0.20)")
     p.add_argument("--overwrite", action="store_true")
     p = command("evaluate", "translate the 38 test MR slices with a run's generator and score them")
     p.add_argument("--run", type=Path, required=True, help="run folder or generator .safetensors")
@@ -629,6 +698,11 @@ def run(args: argparse.Namespace) -> int:
               f"written to {results / 'baselines.json'}")
     elif args.command == "train":
         run_dir = args.run or work / "runs" / args.model
+        if args.restarts:
+            if args.model != "cyclegan":
+                raise SynthctError(f"--restarts is for the CycleGAN; --model is {args.model}")
+            return train_with_restarts(work, run_dir, args.minutes, args.overrides, args.restarts,
+                                       args.check_steps, args.threshold, args.overwrite)
         return train_run(work, args.model, run_dir, args.minutes, args.overrides, args.overwrite)
     elif args.command == "evaluate":
         out = args.out or results / f"{args.run.stem if args.run.is_file() else args.run.name}.json"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import SimpleITK as sitk
+import torch
+import yaml
 
 from synthct.errors import SynthctError
 from synthct.eval.metrics import eight_bit_metrics, head_mask_8bit
@@ -294,3 +295,52 @@ def test_offset_removed_takes_one_brightness_shift_per_patient_off():
     assert second["head_mae"] == second["head_mae_offset_removed"] == pytest.approx(np.abs(noise[head]).mean())
     assert found["means"] == pytest.approx({"head_mae": (30.0 + second["head_mae"]) / 2,
                                             "head_mae_offset_removed": second["head_mae"] / 2})
+
+
+TINY_RUN = ["data.size=32", "model.ngf=4", "model.ndf=4", "model.blocks=1", "model.pool_size=2",
+            "train.epochs=null", "train.precision=fp32", "train.sample_every=0", "train.checkpoint_every=0",
+            "train.threads=1", "train.log_every=1", "train.seed=5"]
+
+
+def _config_seed(run: Path) -> int:
+    return yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["seed"]
+
+
+def test_restarts_set_aside_starts_whose_discriminators_sit_at_chance(work, tmp_path, capsys):
+    # A threshold of 0 rejects every start: two are set aside, the third seed trains to the end
+    # on what the rejected starts left of the budget.
+    run = tmp_path / "run"
+    code = exp.train_with_restarts(work, run, minutes=5.0, overrides=TINY_RUN + ["train.steps=6"],
+                                   restarts=2, check_steps=4, threshold=0.0)
+    assert code == 0
+    for seed in (5, 6):
+        rejected = tmp_path / f"run.rejected_seed{seed}"
+        assert _config_seed(rejected) == seed
+        assert [int(r["step"]) for r in csv.DictReader(open(rejected / "log.csv"))] == [1, 2, 3, 4]
+    assert _config_seed(run) == 7
+    assert [int(r["step"]) for r in csv.DictReader(open(run / "log.csv"))] == list(range(1, 7))
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]
+    assert 4.0 < config["max_minutes"] < 5.0 and config["stop_at_step"] is None
+    assert "set aside as run.rejected_seed5" in capsys.readouterr().out
+
+
+def test_a_start_with_a_learning_discriminator_continues_where_it_was_judged(work, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = exp.train_with_restarts(work, run, minutes=5.0, overrides=TINY_RUN + ["train.steps=6"],
+                                   restarts=2, check_steps=4, threshold=1.0)
+    assert code == 0 and not list(tmp_path.glob("run.rejected_*"))
+    assert _config_seed(run) == 5
+    assert [int(r["step"]) for r in csv.DictReader(open(run / "log.csv"))] == list(range(1, 7))
+    assert "continuing this start" in capsys.readouterr().out
+    # The losses judged are those the log holds for the second half of the check.
+    rows = [r for r in csv.DictReader(open(run / "log.csv")) if int(r["step"]) in (3, 4)]
+    expected = np.mean([(float(r["D_ct"]) + float(r["D_mr"])) / 2 for r in rows])
+    assert exp.discriminator_loss_window(run, 3, 4) == pytest.approx(expected)
+
+
+def test_restarts_refuse_to_overwrite_a_set_aside_start(work, tmp_path):
+    (tmp_path / "run.rejected_seed5").mkdir()
+    with pytest.raises(SynthctError, match="move it away"):
+        exp.train_with_restarts(work, tmp_path / "run", minutes=5.0, overrides=TINY_RUN + ["train.steps=6"],
+                                restarts=1, check_steps=4, threshold=0.0)
+    assert not (tmp_path / "run").exists()

@@ -132,8 +132,8 @@ def _state_tensors(run_dir):
 
 
 @pytest.mark.parametrize("extra", [{}, {"ema": 0.9}, {"coarse_size": 16, "coarse_until": 0.6, "d_layers": 2},
-                                   {"contrast_warmup": 0.6}],
-                         ids=["plain", "ema", "progressive", "warmup"])
+                                   {"contrast_warmup": 0.6}, {"discriminator_warmup": 0.6}],
+                         ids=["plain", "ema", "progressive", "warmup", "discriminator_warmup"])
 def test_stop_and_resume_is_bitwise_identical(phantoms, tmp_path, monkeypatch, extra):
     # 12 steps = 2.4 epochs, lr decaying over the second half, pools of 10 filling up; the
     # progressive and warm-up runs stop in their first phase (8 steps) and resume into the switch.
@@ -366,3 +366,25 @@ def test_clock_budget_drives_the_lr_schedule_and_snapshots(phantoms, tmp_path):
 def test_unknown_clock_is_a_clear_error(phantoms, tmp_path):
     with pytest.raises(SynthctError, match="train.clock"):
         train(tiny_config(phantoms, steps=2, clock="sundial"), tmp_path / "run", quiet=True)
+
+
+def test_stop_at_step_then_resume_matches_a_straight_run(phantoms, tmp_path):
+    cfg = tiny_config(phantoms, steps=8, decay_start=0.5)
+    train(cfg, tmp_path / "straight", quiet=True)
+    cfg.train.stop_at_step = 5
+    stopped = train(cfg, tmp_path / "split", quiet=True)
+    assert (stopped.stopped, stopped.steps) == ("step", 5)
+    # The stop point is behind the resumed run, so it goes on to the end of the schedule.
+    resumed = train(cfg, tmp_path / "split", resume=True, quiet=True)
+    assert (resumed.stopped, resumed.steps) == ("done", 8)
+    straight, _ = load_generator(tmp_path / "straight", "mr2ct")
+    split, _ = load_generator(tmp_path / "split", "mr2ct")
+    for (name, a), b in zip(straight.state_dict().items(), split.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_stop_before_the_first_step_is_a_clear_error(phantoms, tmp_path):
+    cfg = tiny_config(phantoms, steps=4, stop_at_step=0)
+    with pytest.raises(SynthctError, match="train.stop_at_step must be a step number of at least 1, got 0"):
+        train(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

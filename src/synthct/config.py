@@ -42,6 +42,9 @@ class ModelConfig:
     blocks: int = 9  # residual blocks of the ResNet generator (6 or 9 in the paper)
     unet_downs: int = 8  # U-Net depth: 8 for 256x256 slices (sizes must be multiples of 2**unet_downs)
     d_layers: int = 3  # PatchGAN depth: 3 gives the 70x70 receptive field
+    # The PatchGAN's normalisation: "instance" (the reference) or "none". InstanceNorm takes each
+    # feature map's mean and spread out of every image; without it the discriminator keeps them.
+    d_norm: str = "instance"
     gan_mode: str = "lsgan"  # lsgan | vanilla | hinge
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5  # times lambda_cycle; 0 disables the identity loss
@@ -66,6 +69,9 @@ class TrainConfig:
     steps: int | None = None  # total optimisation steps; overrides epochs
     batch_size: int = 1
     lr: float = 2e-4
+    # The discriminators' learning rate; None = lr. A faster discriminator (two time-scale
+    # update rule, Heusel et al. 2017) keeps it informative while the generators move.
+    lr_d: float | None = None
     beta1: float = 0.5
     beta2: float = 0.999
     decay_start: float = 0.5  # fraction of training after which lr decays linearly to 0
@@ -73,6 +79,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     compile: bool = False
+    # Stop (resumably) once this many steps are done, leaving the schedule as it is: a run can
+    # be looked at partway and continued with --resume as if it had never stopped.
+    stop_at_step: int | None = None
     max_minutes: float | None = None  # wall-clock budget; training stops (and saves) when spent.
     # With a budget and neither steps nor epochs, the lr schedule follows the clock instead of steps.
     clock: str = "wall"  # wall | cpu: budgets in this process's CPU time / threads (fair on a busy machine)
@@ -89,6 +98,11 @@ class TrainConfig:
     # generators towards model.warmup_target (models/contrast.py), before the adversarial game
     # starts; 0 = off, 1 = warm-up only.
     contrast_warmup: float = 0.0
+    # Discriminator warm-up (CycleGAN): the next discriminator_warmup of the schedule trains only
+    # D_ct and D_mr, against the translations of the generators as they stand, before the game
+    # starts; 0 = off. A discriminator that already tells the domains apart gives the generators
+    # an informative gradient from the first step of the game.
+    discriminator_warmup: float = 0.0
     log_every: int = 10
     sample_every: int = 200
     checkpoint_every: int = 500

@@ -89,11 +89,15 @@ def check_coarse(cfg: RunConfig) -> None:
 
 
 def check_warmup(cfg: RunConfig) -> None:
-    warmup = cfg.train.contrast_warmup
-    if not 0.0 <= warmup <= 1.0:
-        raise SynthctError(f"train.contrast_warmup must be a fraction of training in [0, 1], got {warmup}")
-    if warmup and cfg.model.name != "cyclegan":
-        raise SynthctError(f"train.contrast_warmup is a CycleGAN warm-up; model.name is {cfg.model.name}")
+    warmups = {"contrast_warmup": cfg.train.contrast_warmup, "discriminator_warmup": cfg.train.discriminator_warmup}
+    for name, warmup in warmups.items():
+        if not 0.0 <= warmup <= 1.0:
+            raise SynthctError(f"train.{name} must be a fraction of training in [0, 1], got {warmup}")
+        if warmup and cfg.model.name != "cyclegan":
+            raise SynthctError(f"train.{name} is a CycleGAN warm-up; model.name is {cfg.model.name}")
+    if sum(warmups.values()) > 1.0:
+        raise SynthctError("train.contrast_warmup + train.discriminator_warmup must not exceed 1 (the whole "
+                           f"training), got {sum(warmups.values()):g}")
 
 
 def _capture_rng() -> dict:
@@ -143,7 +147,10 @@ class Trainer:
         # fused=True: the same Adam update in one kernel per parameter; the default for-loop
         # implementation took 0.7 s per update of a 256/ngf64 CycleGAN on 2 CPU cores, fused 0.13 s.
         self.opt_g = torch.optim.Adam(self.g_params, lr=cfg.train.lr, betas=betas, fused=True)
-        self.opt_d = (torch.optim.Adam(self.d_params, lr=cfg.train.lr, betas=betas, fused=True)
+        lr_d = cfg.train.lr if cfg.train.lr_d is None else cfg.train.lr_d
+        if lr_d <= 0:
+            raise SynthctError(f"train.lr_d must be a positive learning rate, got {lr_d}")
+        self.opt_d = (torch.optim.Adam(self.d_params, lr=lr_d, betas=betas, fused=True)
                       if self.d_params else None)
         def schedule(step: int) -> float:
             if self.time_fraction is not None:
@@ -183,9 +190,13 @@ class Trainer:
         return coarse if coarse and self.progress < self.cfg.train.coarse_until else self.cfg.data.size
 
     @property
-    def in_warmup(self) -> bool:
-        """Whether the next step is a contrast warm-up step (generators only)."""
-        return self.progress < self.cfg.train.contrast_warmup
+    def phase(self) -> str:
+        """What the next step trains: "contrast_warmup" (the generators alone), then
+        "discriminator_warmup" (the discriminators alone), then "game"."""
+        contrast, discriminator = self.cfg.train.contrast_warmup, self.cfg.train.discriminator_warmup
+        if self.progress < contrast:
+            return "contrast_warmup"
+        return "discriminator_warmup" if self.progress < contrast + discriminator else "game"
 
     def _to_device(self, batch: dict) -> dict[str, torch.Tensor]:
         return {name: torch.as_tensor(x).to(self.device, non_blocking=True).contiguous(
@@ -230,16 +241,18 @@ class Trainer:
             optimizer.step()
 
     def step(self, batch: dict) -> StepOutput:
-        """One step: L_G -> backward -> L_D -> backward -> Adam on G, Adam on D (or, while the
-        contrast warm-up lasts, a warm-up step of the generators alone).
+        """One step: L_G -> backward -> L_D -> backward -> Adam on G, Adam on D (or, during a
+        warm-up, a step of the generators alone or of the discriminators alone).
 
         L_D only sees detached fakes, so computing it before G's update gives the same result
         as the reference order and lets a NaN in either loss skip the whole step."""
         if self.image_size != batch["mr"].shape[-1]:
             batch = downsample_batch(batch, self.image_size)
         batch = self._to_device(batch)
-        if self.in_warmup:
+        if self.phase == "contrast_warmup":
             return self._warmup_step(batch)
+        if self.phase == "discriminator_warmup":
+            return self._discriminator_warmup_step(batch)
         self.opt_g.zero_grad(set_to_none=True)
         with self.precision.autocast():
             loss_g, terms, cache = self.model.generator_loss(batch)
@@ -268,6 +281,19 @@ class Trainer:
             return self._skip()
         self._backward(loss, self.g_params)
         self._update(self.opt_g)
+        return self._finish(terms, None)
+
+    def _discriminator_warmup_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        """L_D against the current generators' translations -> backward -> Adam on D; the
+        generators wait."""
+        self.opt_d.zero_grad(set_to_none=True)
+        with self.precision.autocast():
+            cache = self.model.translations(batch)
+            loss, terms = self.model.discriminator_loss(batch, cache)
+        if not self._check_finite(loss, "discriminator"):
+            return self._skip()
+        self._backward(loss, self.d_params)
+        self._update(self.opt_d)
         return self._finish(terms, None)
 
     def _finish(self, terms: dict[str, torch.Tensor], cache: dict | None) -> StepOutput:
@@ -363,7 +389,7 @@ class TrainResult:
     steps: int  # optimisation steps done in total (including earlier runs when resumed)
     total_steps: int
     epoch: int
-    stopped: str  # done | budget | signal
+    stopped: str  # done | budget | signal | step (train.stop_at_step)
     signal: int | None = None  # SIGINT / SIGTERM that stopped the run
     losses: dict[str, float] = field(default_factory=dict)  # last logged values
     skipped_steps: int = 0
@@ -518,6 +544,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: 
 def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
     check_coarse(cfg)
     check_warmup(cfg)
+    if cfg.train.stop_at_step is not None and cfg.train.stop_at_step < 1:
+        raise SynthctError(f"train.stop_at_step must be a step number of at least 1, got {cfg.train.stop_at_step}")
     if env.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
     log = RunLogger(run_dir, enabled=env.is_main and not quiet, writes_files=env.is_main)
@@ -571,7 +599,10 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
             + (f", resuming at step {trainer.step_index}" if resume else "")
             + (f"; the first {cfg.train.coarse_until:.0%} at {cfg.train.coarse_size}px" if cfg.train.coarse_size else "")
             + (f"; the first {cfg.train.contrast_warmup:.0%} a contrast warm-up of the generators"
-               if cfg.train.contrast_warmup else ""))
+               if cfg.train.contrast_warmup else "")
+            + (f"; {'then' if cfg.train.contrast_warmup else 'the first'} {cfg.train.discriminator_warmup:.0%} "
+               "a warm-up of the discriminators"
+               if cfg.train.discriminator_warmup else ""))
 
     def checkpoint() -> dict[str, Path]:
         """Full state for resuming, then the generators for translating (written by rank 0;
@@ -593,6 +624,8 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
             save_generator(module, run_dir / "snapshots" / f"generator_{direction}_step{step:07d}", meta)
 
     stopped, stop_signal, last_losses, generators = "done", None, {}, {}
+    # A stop point the run has already passed is behind it: resuming continues past it.
+    stop_at = cfg.train.stop_at_step if (cfg.train.stop_at_step or 0) > trainer.step_index else None
     saved_at = trainer.step_index if resume else -1
     saved_here = False  # rank-independent, unlike `generators`, so every process checkpoints together
     clock = _budget_clock(cfg.train.clock)
@@ -651,6 +684,9 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
             if stop:
                 stopped, stop_signal = ("signal", stop) if stop > 1 else ("budget", None)
                 break
+            if stop_at is not None and step >= stop_at:
+                stopped = "step"
+                break
         if saved_at != trainer.step_index or not saved_here:
             generators = checkpoint()
     epoch = trainer.step_index // steps_per_epoch
@@ -658,6 +694,9 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
         name = signal.Signals(stop_signal).name
         log.say(f"stopped by {name} at step {trainer.step_index}; resumable state saved "
                 f"(synthct train --resume {run_dir})")
+    elif stopped == "step":
+        log.say(f"stopped at step {trainer.step_index} (train.stop_at_step); resumable state saved "
+                f"(synthct train --resume {run_dir} continues past it)")
     elif stopped == "budget":
         log.say(f"time budget of {cfg.train.max_minutes:g} min spent at step {trainer.step_index}"
                 f"{'' if by_time else f'/{total_steps}'}; "

@@ -34,6 +34,7 @@ def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Mod
     _check_choice("gan_mode", cfg.gan_mode, GAN_MODES)
     _check_choice("struct_loss", cfg.struct_loss, ("mind", "ngf"))
     _check_choice("warmup_target", cfg.warmup_target, ("restore", "inverted"))
+    _check_choice("d_norm", cfg.d_norm, ("instance", "none"))
     for key in ("ngf", "ndf", "blocks", "d_layers", "unet_downs"):
         if getattr(cfg, key) < 1:
             raise SynthctError(f"model.{key}: must be at least 1, got {getattr(cfg, key)}")

@@ -65,7 +65,7 @@ class CUT(nn.Module):
         self.G = ResnetGenerator(in_channels, out_channels, ngf=cfg.ngf, n_blocks=cfg.blocks)
         self.nce_blocks = sorted({0, min(4, cfg.blocks - 1)})
         self.H = PatchSampleMLP(self.G.feature_channels(self.nce_blocks))
-        self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers)
+        self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers, norm=cfg.d_norm == "instance")
         for net in (self.G, self.H, self.D_ct):
             init_weights(net, 0.02)
         self.gan = GANLoss(cfg.gan_mode)

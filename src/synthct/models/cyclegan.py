@@ -71,8 +71,8 @@ class CycleGAN(nn.Module):
                                  unet_dropout=False)
         self.F = build_generator(cfg.generator, out_channels, in_channels, cfg.ngf, cfg.blocks, cfg.unet_downs,
                                  unet_dropout=False)
-        self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers)
-        self.D_mr = PatchDiscriminator(in_channels, cfg.ndf, cfg.d_layers)
+        self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers, norm=cfg.d_norm == "instance")
+        self.D_mr = PatchDiscriminator(in_channels, cfg.ndf, cfg.d_layers, norm=cfg.d_norm == "instance")
         for net in (self.G, self.F, self.D_ct, self.D_mr):
             init_weights(net, 0.02)
         self.gan = GANLoss(cfg.gan_mode)
@@ -154,6 +154,14 @@ class CycleGAN(nn.Module):
                 "warm_mr": l1_loss(self.F(random_grey_map(real_mr)).float(), real_mr.float()),  # |F(h'(mr)) - mr|
             }
         return sum(terms.values()), {name: value.detach() for name, value in terms.items()}
+
+    @torch.no_grad()
+    def translations(self, batch: dict[str, Tensor]) -> dict:
+        """G(mr) and F(ct) as the discriminators see them, without a graph (the discriminator
+        warm-up, train.discriminator_warmup, trains D against the generators as they stand)."""
+        mr_body, ct_body = self.bodies(batch)
+        return {"fake_ct": in_body(self.G(batch["mr"]), mr_body), "fake_mr": in_body(self.F(batch["ct"]), ct_body),
+                "mr_body": mr_body, "ct_body": ct_body}
 
     def discriminator_loss(self, batch: dict[str, Tensor], cache: dict) -> tuple[Tensor, dict[str, Tensor]]:
         set_requires_grad([self.D_ct, self.D_mr], True)

@@ -1,6 +1,6 @@
 """PatchGAN discriminator (Isola et al. 2017): classifies overlapping N x N patches as real or
 fake. With n_layers=3 it is the 70x70 PatchGAN: C64 (no norm) - C128 - C256 - C512 (stride 1) -
-1-channel conv, 4x4 kernels, LeakyReLU 0.2, InstanceNorm."""
+1-channel conv, 4x4 kernels, LeakyReLU 0.2, InstanceNorm (or, with norm=False, no normalisation)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from synthct.models.layers import ConvNormAct
 
 
 class PatchDiscriminator(nn.Module):
-    def __init__(self, in_channels: int, ndf: int = 64, n_layers: int = 3):
+    def __init__(self, in_channels: int, ndf: int = 64, n_layers: int = 3, norm: bool = True):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"PatchDiscriminator needs n_layers >= 1, got {n_layers}")
@@ -19,10 +19,10 @@ class PatchDiscriminator(nn.Module):
         width = ndf
         for n in range(1, n_layers):
             next_width = ndf * min(2 ** n, 8)
-            layers.append(ConvNormAct(width, next_width, 4, stride=2, padding=1, act="lrelu"))
+            layers.append(ConvNormAct(width, next_width, 4, stride=2, padding=1, norm=norm, act="lrelu"))
             width = next_width
         next_width = ndf * min(2 ** n_layers, 8)
-        layers.append(ConvNormAct(width, next_width, 4, stride=1, padding=1, act="lrelu"))
+        layers.append(ConvNormAct(width, next_width, 4, stride=1, padding=1, norm=norm, act="lrelu"))
         layers.append(nn.Conv2d(next_width, 1, 4, stride=1, padding=1))
         self.model = nn.Sequential(*layers)
 
