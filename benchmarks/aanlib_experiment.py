@@ -516,7 +516,10 @@ LSGAN_CHANCE = 0.25
 
 def discriminator_loss_window(run_dir: Path, first: int, last: int) -> float:
     """Mean of (D_ct + D_mr) / 2 over logged steps first..last of a run's log.csv."""
-    with open(Path(run_dir) / "log.csv", newline="", encoding="utf-8") as fh:
+    log = Path(run_dir) / "log.csv"
+    if not log.is_file():
+        raise SynthctError("no training log (log.csv) in this run folder", run_dir)
+    with open(log, newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if first <= int(r["step"]) <= last and r.get("D_ct")]
     if not rows:
         raise SynthctError(f"no discriminator losses logged for steps {first}-{last}", Path(run_dir) / "log.csv")
@@ -670,6 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, help="run folder or generator .safetensors")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
+    p = command("discriminators", "each run's mean LSGAN discriminator loss over a window of early steps "
+                                  "(chance is 0.25), as --restarts judges a start")
+    p.add_argument("--run", type=Path, action="append", required=True, help="run folder (repeatable)")
+    p.add_argument("--steps", default="51-100", metavar="FIRST-LAST", help="step window (default 51-100)")
     p = command("table", "Markdown table of results, baselines and the reference's published numbers")
     p.add_argument("--result", action="append", default=[], metavar="LABEL=RESULT.json",
                    help="an evaluate result with its row label (repeatable)")
@@ -704,6 +711,12 @@ def run(args: argparse.Namespace) -> int:
             return train_with_restarts(work, run_dir, args.minutes, args.overrides, args.restarts,
                                        args.check_steps, args.threshold, args.overwrite)
         return train_run(work, args.model, run_dir, args.minutes, args.overrides, args.overwrite)
+    elif args.command == "discriminators":
+        first, _, last = args.steps.partition("-")
+        if not (first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)):
+            raise SynthctError(f"--steps must be FIRST-LAST step numbers, got '{args.steps}'")
+        for run_dir in args.run:
+            print(f"{run_dir.name}: {discriminator_loss_window(run_dir, int(first), int(last)):.3f}")
     elif args.command == "evaluate":
         out = args.out or results / f"{args.run.stem if args.run.is_file() else args.run.name}.json"
         if out.exists() and not args.overwrite:

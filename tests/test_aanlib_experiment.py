@@ -344,3 +344,22 @@ def test_restarts_refuse_to_overwrite_a_set_aside_start(work, tmp_path):
         exp.train_with_restarts(work, tmp_path / "run", minutes=5.0, overrides=TINY_RUN + ["train.steps=6"],
                                 restarts=1, check_steps=4, threshold=0.0)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_discriminators_command_prints_each_runs_window_and_errs_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "log.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "warm_ct", "D_ct", "D_mr"])
+        writer.writerow([1, 0.5, "", ""])  # a warm-up step logs no discriminator losses
+        for step, (d_ct, d_mr) in enumerate([(0.3, 0.1), (0.2, 0.2), (0.25, 0.25)], start=2):
+            writer.writerow([step, "", d_ct, d_mr])
+    assert exp.main(["discriminators", "--run", str(run), "--steps", "1-3"]) == 0
+    assert capsys.readouterr().out.strip() == "run: 0.200"
+    for args, message in ((["--run", str(tmp_path)], "no training log"),
+                          (["--run", str(run), "--steps", "5-9"], "no discriminator losses logged for steps 5-9"),
+                          (["--run", str(run), "--steps", "9-5"], "--steps must be FIRST-LAST")):
+        assert exp.main(["discriminators", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
