@@ -190,6 +190,24 @@ def test_mr_input_is_fitted_per_volume():
     assert a.fitted and b.fitted and b.hi == pytest.approx(3 * a.hi, rel=1e-5)
 
 
+def test_an_mr_volume_masked_automatically_finds_its_body_once(monkeypatch):
+    # The MR's body mask both fits its grey-level mapping and masks the output: one search.
+    import synthct.data.mask as mask_module
+
+    calls = []
+    find = mask_module.body_mask
+    monkeypatch.setattr(mask_module, "body_mask", lambda *a, **k: calls.append(a[1]) or find(*a, **k))
+    mr = Volume(array=make_phantom(0, size=(16, 16, 8))[0])
+    translator = Translator.from_runner(identity, stub_meta(source_mapping="mr"))
+    masked = translator.translate_volume(mr, mask="auto")
+    assert calls == ["mr"]
+    unmasked = translator.translate_volume(mr, mask="none")
+    assert calls == ["mr", "mr"]  # the mapping still needs it
+    body = find(mr.array, "mr")
+    np.testing.assert_array_equal(masked.array[body], unmasked.array[body])
+    assert (masked.array[~body] == translator.air_value()).all()
+
+
 def test_direction_mismatch_is_refused(run_dir):
     with pytest.raises(SynthctError, match="translates"):
         Translator(run_dir / "generator_ct2mr.safetensors", "mr2ct", device="cpu")

@@ -302,14 +302,15 @@ class Translator:
             mask = "auto"
         elif isinstance(mask, str) and mask == "none":
             mask = None
-        source_mapping = self.source_mapping(vol)
+        body, automatic = self._body_mask(vol, mask, qa)
+        # The MR's own body mask fits its grey-level mapping; one found for masking is the same mask.
+        source_mapping = self.source_mapping(vol, body if automatic == "mr" else None)
         axis = 0 if vol.is_2d else self.axis
         spacing_zyx = (vol.spacing[2], vol.spacing[1], vol.spacing[0])
         spacing_hw = tuple(float(s) for a, s in enumerate(spacing_zyx) if a != axis)
         x = np.moveaxis(source_mapping.forward(vol.array), axis, 0)
         y = self._translate_stack(x, spacing_hw, self.runner, progress)
         synthetic = np.moveaxis(self.output_mapping.inverse(y), 0, axis)
-        body = self._body_mask(vol, mask, qa)
         if body is not None and mask is not None:
             synthetic[~body] = self.air_value()
         result = vol.with_array(np.ascontiguousarray(synthetic, dtype=np.float32), source_dtype="float32")
@@ -321,13 +322,14 @@ class Translator:
         summary = self._qa_summary(error, body, axis, qa_threshold, source_mapping)
         return QAResult(result, vol.with_array(error, source_dtype="float32"), summary)
 
-    def source_mapping(self, vol: Volume) -> Mapping:
-        """The input's mapping to [-1, 1]; MR is fitted on this volume as in training."""
+    def source_mapping(self, vol: Volume, mr_body: np.ndarray | None = None) -> Mapping:
+        """The input's mapping to [-1, 1]; MR is fitted on this volume as in training, inside its
+        automatic body mask (``mr_body`` when it is already known)."""
         mapping = self.input_mapping
         if isinstance(mapping, MRPercentile):
             from synthct.data.mask import body_mask
 
-            return mapping.fit(vol.array, body_mask(vol.array, "mr"))
+            return mapping.fit(vol.array, body_mask(vol.array, "mr") if mr_body is None else mr_body)
         return mapping
 
     def air_value(self) -> float:
@@ -439,20 +441,22 @@ class Translator:
 
     # ------------------------------------------------------------------ masks and QA
 
-    def _body_mask(self, vol: Volume, mask, qa: bool) -> np.ndarray | None:
+    def _body_mask(self, vol: Volume, mask, qa: bool) -> tuple[np.ndarray | None, str | None]:
+        """The mask to apply (or, for QA, to summarise in) and, when it was found automatically,
+        the modality it was found for."""
         if isinstance(mask, np.ndarray):
             if mask.shape != vol.array.shape:
                 raise SynthctError(f"mask shape {mask.shape} does not match the image {vol.array.shape}",
                                    vol.path or None)
-            return mask.astype(bool)
+            return mask.astype(bool), None
         if mask == "auto" or (mask is None and qa):
             from synthct.data.mask import body_mask
 
             modality = {CTWindow: "ct", EightBit: "8bit"}.get(type(self.input_mapping), "mr")
-            return body_mask(vol.array, modality)
+            return body_mask(vol.array, modality), modality
         if mask is not None:
             raise SynthctError(f"mask must be a boolean array, 'auto' or 'none', got {mask!r}")
-        return None
+        return None, None
 
     def _backward_runner(self) -> Runner:
         if self._backward is not None:
