@@ -23,8 +23,12 @@ like the reference CTs.
 The data carry no licence: everything this script writes from them (copied slices, runs,
 per-slice results, plots) goes under ``--work`` (default ``experiments/aanlib``, git-ignored).
 
+``train --restarts N`` judges each CycleGAN start on its discriminators' loss over its first
+``--check-steps`` steps (training losses only) and starts the next seed when they sit at chance,
+all within the one budget.
+
 Subcommands: ``prepare``, ``baselines``, ``train``, ``evaluate``, ``curve``, ``average``,
-``windowing``, ``table``; run
+``windowing``, ``discriminators``, ``table``; run
 ``python benchmarks/aanlib_experiment.py COMMAND --help``.
 """
 
