@@ -742,10 +742,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"written to {points_file} and {plot_file}")
     elif args.command == "average":
         name = f"average_{args.run.name}_from{args.from_minutes:g}"
-        out = results / f"{name}.json"
-        if out.exists() and not args.overwrite:
-            raise SynthctError("exists; use --overwrite to replace it", out)
-        weights, steps = average_snapshots(args.run, args.from_minutes, results / name)
+        # The averaged generator (weights + sidecar) beside the score, under its own name.
+        out, generator = results / f"{name}.json", results / f"{name}_generator"
+        for path in (out, generator.with_suffix(".safetensors"), generator.with_suffix(".json")):
+            if path.exists() and not args.overwrite:
+                raise SynthctError("exists; use --overwrite to replace it", path)
+        weights, steps = average_snapshots(args.run, args.from_minutes, generator)
         result = evaluate(work, weights, name, args.device)
         result["generator"]["averaged_steps"] = steps
         _write_json(out, result, args.overwrite)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -258,6 +259,17 @@ def test_train_evaluate_curve_end_to_end(work, tmp_path, monkeypatch):
     assert not torch.equal(average.state_dict()["stem.1.weight"], last.state_dict()["stem.1.weight"])
     with pytest.raises(SynthctError, match="no generator snapshot at or after minute 999"):
         exp.average_snapshots(run, 999.0, tmp_path / "none")
+    # The command keeps the averaged generator and its score apart, and refuses to redo them.
+    work_copy = tmp_path / "work"
+    shutil.copytree(work, work_copy)
+    command = ["average", "--work", str(work_copy), "--run", str(run), "--from-minutes", "0", "--device", "cpu"]
+    assert exp.main(command) == 0
+    results = work_copy / "results"
+    score = json.loads((results / "average_run_from0.json").read_text(encoding="utf-8"))
+    assert score["generator"]["averaged_steps"] == [0, 3] and 0 <= score["means"]["head_mae"] <= 255
+    averaged, _ = load_generator(results / "average_run_from0_generator.safetensors")
+    assert torch.allclose(averaged.state_dict()["stem.1.weight"], average.state_dict()["stem.1.weight"])
+    assert exp.main(command) == 2
     # The brightness diagnostic on the same run: its head MAE before the offset is evaluate's.
     test = exp.load_test_set(work)
     windowing = exp.offset_removed(exp.translate_test_set(run, test, "cpu"), test)
