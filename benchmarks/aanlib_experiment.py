@@ -555,8 +555,9 @@ def train_with_restarts(work: Path, run_dir: Path, minutes: float, overrides: li
         result = train(cfg, run_dir, overwrite=overwrite)
         if result.stopped != "step":
             return result.exit_code
-        window = f"steps {check_steps // 2 + 1}-{check_steps}"
-        loss = discriminator_loss_window(run_dir, check_steps // 2 + 1, check_steps)
+        first = check_steps // 2 + 1
+        window = f"steps {first}-{check_steps}"
+        loss = discriminator_loss_window(run_dir, first, check_steps)
         cfg.train.stop_at_step = None
         if loss < threshold:
             print(f"seed {cfg.train.seed}: discriminator loss {loss:.3f} over {window} (< {threshold:g}); "

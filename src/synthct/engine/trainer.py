@@ -249,10 +249,12 @@ class Trainer:
         if self.image_size != batch["mr"].shape[-1]:
             batch = downsample_batch(batch, self.image_size)
         batch = self._to_device(batch)
-        if self.phase == "contrast_warmup":
-            return self._warmup_step(batch)
-        if self.phase == "discriminator_warmup":
-            return self._discriminator_warmup_step(batch)
+        phase = self.phase
+        if phase == "contrast_warmup":  # L_warm -> backward -> Adam on the generators
+            return self._one_side_step(lambda: self.model.warmup_loss(batch), self.opt_g, self.g_params, "warm-up")
+        if phase == "discriminator_warmup":  # L_D against the generators as they stand -> Adam on D
+            return self._one_side_step(lambda: self.model.discriminator_loss(batch, self.model.translations(batch)),
+                                       self.opt_d, self.d_params, "discriminator")
         self.opt_g.zero_grad(set_to_none=True)
         with self.precision.autocast():
             loss_g, terms, cache = self.model.generator_loss(batch)
@@ -272,28 +274,16 @@ class Trainer:
             self._update(self.opt_d)
         return self._finish(terms, cache | {"batch": batch})
 
-    def _warmup_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
-        """L_warm -> backward -> Adam on the generators; the discriminators wait."""
-        self.opt_g.zero_grad(set_to_none=True)
+    def _one_side_step(self, loss_and_terms, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                       what: str) -> StepOutput:
+        """A warm-up step: one loss, one backward, one optimiser; the other side waits."""
+        optimizer.zero_grad(set_to_none=True)
         with self.precision.autocast():
-            loss, terms = self.model.warmup_loss(batch)
-        if not self._check_finite(loss, "warm-up"):
+            loss, terms = loss_and_terms()
+        if not self._check_finite(loss, what):
             return self._skip()
-        self._backward(loss, self.g_params)
-        self._update(self.opt_g)
-        return self._finish(terms, None)
-
-    def _discriminator_warmup_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
-        """L_D against the current generators' translations -> backward -> Adam on D; the
-        generators wait."""
-        self.opt_d.zero_grad(set_to_none=True)
-        with self.precision.autocast():
-            cache = self.model.translations(batch)
-            loss, terms = self.model.discriminator_loss(batch, cache)
-        if not self._check_finite(loss, "discriminator"):
-            return self._skip()
-        self._backward(loss, self.d_params)
-        self._update(self.opt_d)
+        self._backward(loss, params)
+        self._update(optimizer)
         return self._finish(terms, None)
 
     def _finish(self, terms: dict[str, torch.Tensor], cache: dict | None) -> StepOutput:
