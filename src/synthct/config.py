@@ -45,6 +45,9 @@ class ModelConfig:
     # The PatchGAN's normalisation: "instance" (the reference) or "none". InstanceNorm takes each
     # feature map's mean and spread out of every image; without it the discriminator keeps them.
     d_norm: str = "instance"
+    # CycleGAN: PatchGANs at this many scales (1, 1/2, 1/4, ...; pix2pixHD's multi-scale
+    # discriminator); 1 = the single PatchGAN of the paper.
+    d_scales: int = 1
     gan_mode: str = "lsgan"  # lsgan | vanilla | hinge
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5  # times lambda_cycle; 0 disables the identity loss

@@ -72,7 +72,17 @@ def downsample_batch(batch: dict[str, torch.Tensor], size: int) -> dict[str, tor
     return {name: F.interpolate(x, size=(size, size), mode="area") for name, x in batch.items()}
 
 
-def check_coarse(cfg: RunConfig) -> None:
+def smallest_image(cfg: RunConfig) -> int:
+    """The smallest slice the discriminators can judge: the PatchGAN's last two 4 x 4 convolutions
+    need 4 pixels after its d_layers halvings, at the coarsest of its scales."""
+    return 2 ** (cfg.model.d_layers + 2 + cfg.model.d_scales - 1)
+
+
+def check_sizes(cfg: RunConfig) -> None:
+    smallest = smallest_image(cfg)
+    if cfg.data.resize != "none" and cfg.data.size < smallest:
+        raise SynthctError(f"data.size must be at least {smallest} for a PatchGAN with model.d_layers="
+                           f"{cfg.model.d_layers} and model.d_scales={cfg.model.d_scales}, got {cfg.data.size}")
     size, until = cfg.train.coarse_size, cfg.train.coarse_until
     if size is None:
         return
@@ -80,10 +90,9 @@ def check_coarse(cfg: RunConfig) -> None:
     if not 0 < size < cfg.data.size or size % multiple:
         raise SynthctError(f"train.coarse_size must be smaller than data.size ({cfg.data.size}) and a multiple "
                            f"of {multiple} for the {cfg.model.generator} generator, got {size}")
-    smallest = 2 ** (cfg.model.d_layers + 2)  # the PatchGAN's last two 4 x 4 convolutions need 4 pixels
     if size < smallest:
         raise SynthctError(f"train.coarse_size must be at least {smallest} for a PatchGAN with model.d_layers="
-                           f"{cfg.model.d_layers}, got {size}")
+                           f"{cfg.model.d_layers} and model.d_scales={cfg.model.d_scales}, got {size}")
     if not 0.0 < until <= 1.0:
         raise SynthctError(f"train.coarse_until must be a fraction of training in (0, 1], got {until}")
 
@@ -532,17 +541,20 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: 
 
 
 def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
-    check_coarse(cfg)
+    from synthct.models import check_model_config
+
+    check_model_config(cfg.model)
+    check_sizes(cfg)
     check_warmup(cfg)
     if cfg.train.stop_at_step is not None and cfg.train.stop_at_step < 1:
         raise SynthctError(f"train.stop_at_step must be a step number of at least 1, got {cfg.train.stop_at_step}")
+    if cfg.train.batch_size < 1:
+        raise SynthctError(f"train.batch_size must be at least 1, got {cfg.train.batch_size}")
     if env.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
     log = RunLogger(run_dir, enabled=env.is_main and not quiet, writes_files=env.is_main)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if cfg.train.batch_size < 1:
-        raise SynthctError(f"train.batch_size must be at least 1, got {cfg.train.batch_size}")
     precision = resolve_precision(cfg.train.precision, device)
     seed_everything(cfg.train.seed)
 

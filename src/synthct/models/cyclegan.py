@@ -22,16 +22,20 @@ from torch.nn.functional import adaptive_avg_pool2d, l1_loss
 from synthct.config import ModelConfig
 from synthct.models.common import centre_channel, init_weights, set_requires_grad
 from synthct.models.contrast import inverted_foreground, random_grey_map
-from synthct.models.discriminator import PatchDiscriminator
+from synthct.models.discriminator import build_discriminator
 from synthct.models.generators import build_generator
 from synthct.models.losses import GANLoss, build_structure_loss
 from synthct.models.pool import ImagePool
 
 
-def batched(net: nn.Module, *inputs: Tensor) -> tuple[Tensor, ...]:
+def batched(net: nn.Module, *inputs: Tensor) -> tuple:
     """One forward call on inputs concatenated along N, split back. Exact for these networks:
-    InstanceNorm normalises each sample on its own and nothing else mixes samples."""
-    return net(torch.cat(inputs)).split([len(x) for x in inputs])
+    InstanceNorm normalises each sample on its own and nothing else mixes samples. A multi-scale
+    discriminator's maps are split scale by scale: one list of maps per input."""
+    output, sizes = net(torch.cat(inputs)), [len(x) for x in inputs]
+    if isinstance(output, list):
+        return tuple(list(maps) for maps in zip(*(scale.split(sizes) for scale in output)))
+    return output.split(sizes)
 
 
 def in_body(image: Tensor, body: Tensor | None) -> Tensor:
@@ -45,13 +49,31 @@ def patch_weights(body: Tensor | None, prediction: Tensor) -> Tensor | None:
     return None if body is None else adaptive_avg_pool2d(centre_channel(body).float(), prediction.shape[-2:])
 
 
+def adversarial(gan: GANLoss, prediction: Tensor | list[Tensor], target_is_real: bool, for_discriminator: bool,
+                body: Tensor | None = None) -> list[Tensor]:
+    """L_GAN of each scale's prediction map (a single PatchGAN has one)."""
+    maps = prediction if isinstance(prediction, list) else [prediction]
+    return [gan(p, target_is_real, for_discriminator, patch_weights(body, p)) for p in maps]
+
+
+def mean(losses: list[Tensor]) -> Tensor:
+    return sum(losses) / len(losses)
+
+
+def discriminator_objectives(gan: GANLoss, D: nn.Module, real: Tensor, fake: Tensor,
+                             real_body: Tensor | None = None, fake_body: Tensor | None = None) -> list[Tensor]:
+    """0.5 * (L_GAN(D(real), real) + L_GAN(D(fake), fake)) per scale of D; halved as in the
+    reference so D learns at half the generators' rate. Real and fake share one D call (exact,
+    see batched)."""
+    pred_real, pred_fake = batched(D, real, fake.detach())
+    return [0.5 * (on_real + on_fake) for on_real, on_fake in zip(adversarial(gan, pred_real, True, True, real_body),
+                                                                   adversarial(gan, pred_fake, False, True, fake_body))]
+
+
 def discriminator_objective(gan: GANLoss, D: nn.Module, real: Tensor, fake: Tensor,
                             real_body: Tensor | None = None, fake_body: Tensor | None = None) -> Tensor:
-    """0.5 * (L_GAN(D(real), real) + L_GAN(D(fake), fake)); halved as in the reference so D
-    learns at half the generators' rate. Real and fake share one D call (exact, see batched)."""
-    pred_real, pred_fake = batched(D, real, fake.detach())
-    return 0.5 * (gan(pred_real, True, for_discriminator=True, weight=patch_weights(real_body, pred_real))
-                  + gan(pred_fake, False, for_discriminator=True, weight=patch_weights(fake_body, pred_fake)))
+    """The discriminator objective, averaged over D's scales as in pix2pixHD."""
+    return mean(discriminator_objectives(gan, D, real, fake, real_body, fake_body))
 
 
 def new_pool_seed() -> int:
@@ -71,8 +93,9 @@ class CycleGAN(nn.Module):
                                  unet_dropout=False)
         self.F = build_generator(cfg.generator, out_channels, in_channels, cfg.ngf, cfg.blocks, cfg.unet_downs,
                                  unet_dropout=False)
-        self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers, norm=cfg.d_norm == "instance")
-        self.D_mr = PatchDiscriminator(in_channels, cfg.ndf, cfg.d_layers, norm=cfg.d_norm == "instance")
+        norm = cfg.d_norm == "instance"
+        self.D_ct = build_discriminator(out_channels, cfg.ndf, cfg.d_layers, norm, cfg.d_scales)
+        self.D_mr = build_discriminator(in_channels, cfg.ndf, cfg.d_layers, norm, cfg.d_scales)
         for net in (self.G, self.F, self.D_ct, self.D_mr):
             init_weights(net, 0.02)
         self.gan = GANLoss(cfg.gan_mode)
@@ -119,8 +142,8 @@ class CycleGAN(nn.Module):
 
         lam = self.lambda_cycle
         terms = {
-            "G_gan": self.gan(pred_ct, True, False, patch_weights(mr_body, pred_ct)),  # L_GAN(G, D_ct)
-            "F_gan": self.gan(pred_mr, True, False, patch_weights(ct_body, pred_mr)),  # L_GAN(F, D_mr)
+            "G_gan": mean(adversarial(self.gan, pred_ct, True, False, mr_body)),  # L_GAN(G, D_ct)
+            "F_gan": mean(adversarial(self.gan, pred_mr, True, False, ct_body)),  # L_GAN(F, D_mr)
             "cycle_mr": lam * l1_loss(rec_mr.float(), real_mr.float()),             # |F(G(mr)) - mr|
             "cycle_ct": lam * l1_loss(rec_ct.float(), real_ct.float()),             # |G(F(ct)) - ct|
         }
@@ -167,14 +190,19 @@ class CycleGAN(nn.Module):
         set_requires_grad([self.D_ct, self.D_mr], True)
         mr_body, ct_body = self.bodies(batch)
         if not self.body_masked:
-            loss_ct = discriminator_objective(self.gan, self.D_ct, batch["ct"], self.pool_ct.query(cache["fake_ct"]))
-            loss_mr = discriminator_objective(self.gan, self.D_mr, batch["mr"], self.pool_mr.query(cache["fake_mr"]))
+            losses_ct = discriminator_objectives(self.gan, self.D_ct, batch["ct"], self.pool_ct.query(cache["fake_ct"]))
+            losses_mr = discriminator_objectives(self.gan, self.D_mr, batch["mr"], self.pool_mr.query(cache["fake_mr"]))
         else:  # a pooled fake keeps its source's body mask as an extra channel
             fake_ct, fake_ct_body = self._query(self.pool_ct, cache["fake_ct"], cache["mr_body"])
             fake_mr, fake_mr_body = self._query(self.pool_mr, cache["fake_mr"], cache["ct_body"])
-            loss_ct = discriminator_objective(self.gan, self.D_ct, batch["ct"], fake_ct, ct_body, fake_ct_body)
-            loss_mr = discriminator_objective(self.gan, self.D_mr, batch["mr"], fake_mr, mr_body, fake_mr_body)
-        return loss_ct + loss_mr, {"D_ct": loss_ct.detach(), "D_mr": loss_mr.detach()}
+            losses_ct = discriminator_objectives(self.gan, self.D_ct, batch["ct"], fake_ct, ct_body, fake_ct_body)
+            losses_mr = discriminator_objectives(self.gan, self.D_mr, batch["mr"], fake_mr, mr_body, fake_mr_body)
+        loss_ct, loss_mr = mean(losses_ct), mean(losses_mr)
+        terms = {"D_ct": loss_ct.detach(), "D_mr": loss_mr.detach()}
+        if len(losses_ct) > 1:  # each scale's own loss, to see which scales still tell real from fake
+            for name, losses in (("D_ct", losses_ct), ("D_mr", losses_mr)):
+                terms |= {f"{name}_scale{index}": loss.detach() for index, loss in enumerate(losses)}
+        return loss_ct + loss_mr, terms
 
     def bodies(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """(MR body, CT body) masks of the batch when body-masked, else (None, None)."""

@@ -1,9 +1,14 @@
 """PatchGAN discriminator (Isola et al. 2017): classifies overlapping N x N patches as real or
 fake. With n_layers=3 it is the 70x70 PatchGAN: C64 (no norm) - C128 - C256 - C512 (stride 1) -
-1-channel conv, 4x4 kernels, LeakyReLU 0.2, InstanceNorm (or, with norm=False, no normalisation)."""
+1-channel conv, 4x4 kernels, LeakyReLU 0.2, InstanceNorm (or, with norm=False, no normalisation).
+
+MultiScaleDiscriminator (pix2pixHD, Wang et al. 2018): one PatchGAN per halving of the image, so
+the same patch size covers 2x, 4x, ... the area; a coarse scale sees a whole region's tissue order
+(fluid bright in the middle of a brain, say), which a small patch at full size cannot."""
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from synthct.models.layers import ConvNormAct
@@ -28,6 +33,33 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+
+class MultiScaleDiscriminator(nn.Module):
+    """PatchGANs on the image and its 1/2, 1/4, ... downsamplings; returns one prediction map per
+    scale, finest first."""
+
+    def __init__(self, in_channels: int, ndf: int = 64, n_layers: int = 3, norm: bool = True, scales: int = 2):
+        super().__init__()
+        if scales < 2:
+            raise ValueError(f"MultiScaleDiscriminator needs scales >= 2, got {scales}")
+        self.scales = nn.ModuleList(PatchDiscriminator(in_channels, ndf, n_layers, norm) for _ in range(scales))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        predictions = []
+        for index, discriminator in enumerate(self.scales):
+            if index:  # pix2pixHD's downsampling: a 3 x 3 mean that ignores the padding
+                x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+            predictions.append(discriminator(x))
+        return predictions
+
+
+def build_discriminator(in_channels: int, ndf: int, n_layers: int, norm: bool, scales: int = 1) -> nn.Module:
+    """A PatchGAN, or with scales > 1 a multi-scale one (a single scale keeps the plain module, so
+    its weights load into runs saved before multi-scale discriminators existed)."""
+    if scales == 1:
+        return PatchDiscriminator(in_channels, ndf, n_layers, norm)
+    return MultiScaleDiscriminator(in_channels, ndf, n_layers, norm, scales)
 
 
 def receptive_field(n_layers: int) -> int:
