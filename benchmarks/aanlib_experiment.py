@@ -518,16 +518,26 @@ def train_run(work: Path, model: str, run_dir: Path, minutes: float, overrides: 
 LSGAN_CHANCE = 0.25
 
 
-def discriminator_loss_window(run_dir: Path, first: int, last: int) -> float:
-    """Mean of (D_ct + D_mr) / 2 over logged steps first..last of a run's log.csv."""
+def discriminator_loss_window(run_dir: Path, first: int, last: int, scale: int | None = None) -> float:
+    """Mean of (D_ct + D_mr) / 2 over logged steps first..last of a run's log.csv; with ``scale``,
+    of that scale's losses alone (a multi-scale discriminator logs D_ct_scale0, ...)."""
     log = Path(run_dir) / "log.csv"
     if not log.is_file():
         raise SynthctError("no training log (log.csv) in this run folder", run_dir)
+    suffix = "" if scale is None else f"_scale{scale}"
     with open(log, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if first <= int(r["step"]) <= last and r.get("D_ct")]
+        rows = [r for r in csv.DictReader(fh) if first <= int(r["step"]) <= last and r.get(f"D_ct{suffix}")]
     if not rows:
-        raise SynthctError(f"no discriminator losses logged for steps {first}-{last}", Path(run_dir) / "log.csv")
-    return float(np.mean([(float(r["D_ct"]) + float(r["D_mr"])) / 2 for r in rows]))
+        what = "discriminator losses" if scale is None else f"discriminator losses of scale {scale}"
+        raise SynthctError(f"no {what} logged for steps {first}-{last}", Path(run_dir) / "log.csv")
+    return float(np.mean([(float(r[f"D_ct{suffix}"]) + float(r[f"D_mr{suffix}"])) / 2 for r in rows]))
+
+
+def logged_scales(run_dir: Path) -> int:
+    """How many discriminator scales a run's log.csv has losses for (1 for a single PatchGAN)."""
+    with open(Path(run_dir) / "log.csv", newline="", encoding="utf-8") as fh:
+        columns = next(csv.reader(fh), [])
+    return max(1, sum(1 for c in columns if c.startswith("D_ct_scale")))
 
 
 def train_with_restarts(work: Path, run_dir: Path, minutes: float, overrides: list[str], restarts: int,
@@ -721,7 +731,12 @@ def run(args: argparse.Namespace) -> int:
         if not (first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)):
             raise SynthctError(f"--steps must be FIRST-LAST step numbers, got '{args.steps}'")
         for run_dir in args.run:
-            print(f"{run_dir.name}: {discriminator_loss_window(run_dir, int(first), int(last)):.3f}")
+            line = f"{run_dir.name}: {discriminator_loss_window(run_dir, int(first), int(last)):.3f}"
+            scales = logged_scales(run_dir)
+            if scales > 1:
+                line += " (scales 1, 1/2, ...: " + ", ".join(
+                    f"{discriminator_loss_window(run_dir, int(first), int(last), k):.3f}" for k in range(scales)) + ")"
+            print(line)
     elif args.command == "evaluate":
         out = args.out or results / f"{args.run.stem if args.run.is_file() else args.run.name}.json"
         if out.exists() and not args.overwrite:

@@ -375,3 +375,15 @@ def test_the_discriminators_command_prints_each_runs_window_and_errs_in_one_line
         assert exp.main(["discriminators", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err
+
+
+def test_the_discriminators_command_prints_each_scale_of_a_multiscale_run(tmp_path, capsys):
+    run = tmp_path / "ms"
+    run.mkdir()
+    with open(run / "log.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "D_ct", "D_mr", "D_ct_scale0", "D_ct_scale1", "D_mr_scale0", "D_mr_scale1"])
+        writer.writerow([1, 0.2, 0.3, 0.3, 0.1, 0.24, 0.36])
+        writer.writerow([2, 0.1, 0.1, 0.14, 0.06, 0.2, 0.0])
+    assert exp.main(["discriminators", "--run", str(run), "--steps", "1-2"]) == 0
+    assert capsys.readouterr().out.strip() == "ms: 0.175 (scales 1, 1/2, ...: 0.220, 0.130)"
