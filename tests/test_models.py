@@ -294,6 +294,12 @@ def test_build_model_rejects_bad_configuration():
     assert isinstance(build_model(tiny(lambda_identity=0.0), 1, 3), CycleGAN)
 
 
+@pytest.mark.parametrize("key", ["name", "generator", "gan_mode", "struct_loss", "warmup_target", "d_norm"])
+def test_an_unknown_choice_is_a_clear_error_naming_the_setting(key):
+    with pytest.raises(SynthctError, match=f"model.{key}: unknown value 'bogus' \\(choose "):
+        build_model(tiny(**{key: "bogus"}), 1, 1)
+
+
 def test_tiny_cyclegan_learns_intensity_inversion_from_unpaired_data():
     torch.manual_seed(0)
     untrained, trained = inversion_errors(build_model(tiny(lambda_identity=0.0, pool_size=10), 1, 1))
