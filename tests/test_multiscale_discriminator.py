@@ -11,7 +11,7 @@ from synthct.engine import load_run_config
 from synthct.engine.trainer import train
 from synthct.errors import SynthctError
 from synthct.models import MultiScaleDiscriminator, PatchDiscriminator, build_model, init_weights
-from synthct.models.cyclegan import batched
+from synthct.models.cyclegan import batched, patch_weights
 from synthct.models.losses import GANLoss
 
 
@@ -70,6 +70,25 @@ def test_cyclegan_averages_the_adversarial_losses_over_the_scales():
         scales = [d_terms[f"{name}_scale{i}"].item() for i in range(2)]
         assert d_terms[name].item() == pytest.approx(sum(scales) / 2, rel=1e-6)
         assert scales[0] != scales[1]
+
+
+def test_body_masked_scales_weigh_each_map_by_its_own_share_of_body():
+    cfg = load_run_config("tiny")
+    cfg.model.d_layers, cfg.model.d_scales, cfg.model.body_masked = 2, 2, True
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 1, 1)
+    body = torch.zeros(1, 1, 32, 32)
+    body[..., 8:24, 8:24] = 1.0
+    g = torch.Generator().manual_seed(0)
+    batch = {"mr": torch.rand(1, 1, 32, 32, generator=g) * 2 - 1, "ct": torch.rand(1, 1, 32, 32, generator=g) * 2 - 1,
+             "mr_body": body, "ct_body": body}
+    _, terms, cache = model.generator_loss(batch)
+    with torch.no_grad():
+        maps = model.D_ct(cache["fake_ct"])
+        weights = [patch_weights(body, m) for m in maps]
+        expected = sum(((m - 1) ** 2 * w).sum() / w.sum() for m, w in zip(maps, weights)) / 2
+    assert [w.shape[-1] for w in weights] == [6, 2] and all(0 < w.mean() < 1 for w in weights)
+    assert terms["G_gan"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_one_scale_keeps_the_plain_patchgan_so_older_weights_still_load():

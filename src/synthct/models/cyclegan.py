@@ -4,6 +4,8 @@ discriminators D_ct and D_mr, and the full objective in one place (``generator_l
 With 2.5D input both domains carry k slices as channels: G and F map k-slice stacks to k-slice
 stacks, the discriminators judge all k, and inference keeps the centre channel.
 
+With a multi-scale discriminator (``model.d_scales`` > 1) each L_GAN is the mean over its scales.
+
 Body-masked (``model.body_masked``): each translation is air (-1) outside its source's body mask,
 and the discriminators judge only patches inside the body (each patch weighted by its body
 fraction). A PatchGAN's small receptive field cannot tell a dark head from the black background
