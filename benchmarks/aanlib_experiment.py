@@ -356,17 +356,19 @@ def baselines(work: Path) -> dict:
 # --------------------------------------------------------------------------- synthct runs
 
 
-def translate_test_set(generator_ref: Path, test: list[TestSlice], device: str = "auto") -> dict[str, np.ndarray]:
-    """MR -> CT with a synthct generator (run folder or ``.safetensors``) slice by slice."""
+def translate_test_set(generator_ref: Path, test: list[TestSlice], device: str = "auto", tta: str = "none",
+                       mask: str | None = None) -> dict[str, np.ndarray]:
+    """MR -> CT with a synthct generator (run folder or ``.safetensors``) slice by slice, as
+    ``synthct translate --tta TTA --mask MASK`` would (None: the model's default mask)."""
     from synthct.io.image import read_image
     from synthct.translate.translator import Translator
 
-    translator = Translator(generator_ref, "mr2ct", device=device)
-    return {item.id: translator.translate_volume(read_image(item.mr_path)).array[0] for item in test}
+    translator = Translator(generator_ref, "mr2ct", device=device, tta=tta)
+    return {item.id: translator.translate_volume(read_image(item.mr_path), mask=mask).array[0] for item in test}
 
 
 def evaluate(work: Path, generator_ref: Path, name: str, device: str = "auto",
-             test: list[TestSlice] | None = None) -> dict:
+             test: list[TestSlice] | None = None, tta: str = "none", mask: str | None = None) -> dict:
     test = test if test is not None else load_test_set(work)
     # The sidecar is read before the weights are loaded (and checked against its checksum), so
     # the step and checksum recorded are those of the weights scored even if a still-running
@@ -374,12 +376,15 @@ def evaluate(work: Path, generator_ref: Path, name: str, device: str = "auto",
     sidecar = Path(generator_ref) / "generator_mr2ct.json" if Path(generator_ref).is_dir() \
         else Path(generator_ref).with_suffix(".json")
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    result = score(translate_test_set(generator_ref, test, device), test, name, f"synthct generator {generator_ref}")
+    result = score(translate_test_set(generator_ref, test, device, tta, mask), test, name,
+                   f"synthct generator {generator_ref}" + (f", --tta {tta}" if tta != "none" else "")
+                   + (f", --mask {mask}" if mask else ""))
     if json.loads(sidecar.read_text(encoding="utf-8")).get("sha256") != meta.get("sha256"):
         raise SynthctError("the generator was replaced while it was being scored (is its training still running?)",
                            sidecar)
     result["generator"] = {"path": str(generator_ref), "step": meta.get("step"), "epoch": meta.get("epoch"),
                            "sha256": meta.get("sha256"), "model": meta.get("model")}
+    result["inference"] = {"tta": tta, "mask": mask or "the model's default"}
     return result
 
 
@@ -670,7 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p = command("evaluate", "translate the 38 test MR slices with a run's generator and score them")
     p.add_argument("--run", type=Path, required=True, help="run folder or generator .safetensors")
-    p.add_argument("--out", type=Path, help="result JSON (default WORK/results/<run name>.json)")
+    p.add_argument("--out", type=Path, help="result JSON (default WORK/results/<run name>[_tta-flip][_mask-auto].json)")
+    p.add_argument("--tta", choices=("none", "flip"), default="none", help="as synthct translate --tta")
+    p.add_argument("--mask", choices=("auto", "none"), help="as synthct translate --mask (default: the model's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p = command("curve", "score every generator snapshot of a run and plot head MAE against minutes")
@@ -738,10 +745,12 @@ def run(args: argparse.Namespace) -> int:
                     f"{discriminator_loss_window(run_dir, int(first), int(last), k):.3f}" for k in range(scales)) + ")"
             print(line)
     elif args.command == "evaluate":
-        out = args.out or results / f"{args.run.stem if args.run.is_file() else args.run.name}.json"
+        name = (args.run.stem if args.run.is_file() else args.run.name) \
+            + (f"_tta-{args.tta}" if args.tta != "none" else "") + (f"_mask-{args.mask}" if args.mask else "")
+        out = args.out or results / f"{name}.json"
         if out.exists() and not args.overwrite:
             raise SynthctError("exists; use --overwrite to replace it", out)
-        result = evaluate(work, args.run, args.run.name, args.device)
+        result = evaluate(work, args.run, name, args.device, tta=args.tta, mask=args.mask)
         _write_json(out, result, args.overwrite)
         print(_summary(result))
         print(f"written to {out}")

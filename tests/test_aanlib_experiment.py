@@ -275,6 +275,22 @@ def test_train_evaluate_curve_end_to_end(work, tmp_path, monkeypatch):
     windowing = exp.offset_removed(exp.translate_test_set(run, test, "cpu"), test)
     assert windowing["cases"]["160"]["head_mae"] == pytest.approx(result["case_means"]["160"]["head_mae"])
     assert windowing["means"]["head_mae_offset_removed"] <= windowing["means"]["head_mae"] + 1e-9
+    # Scored as `synthct translate --tta flip --mask auto` would translate: air (0) outside the
+    # MR's body, inside it the flip-averaged translation, which is not the plain one.
+    from synthct.data.mask import body_mask
+
+    plain = exp.translate_test_set(run, test, "cpu")
+    masked = exp.translate_test_set(run, test, "cpu", tta="flip", mask="auto")
+    for t in test:
+        body = body_mask(t.mr, "8bit")
+        assert np.all(masked[t.id][~body] == 0) and not np.all(plain[t.id][~body] == 0)
+        assert not np.allclose(masked[t.id][body], plain[t.id][body])
+    command = ["evaluate", "--work", str(work_copy), "--run", str(run), "--device", "cpu", "--tta", "flip",
+               "--mask", "auto"]
+    assert exp.main(command) == 0
+    scored = json.loads((results / "run_tta-flip_mask-auto.json").read_text(encoding="utf-8"))
+    assert scored["inference"] == {"tta": "flip", "mask": "auto"}
+    assert scored["means"]["head_mae"] != pytest.approx(result["means"]["head_mae"])
 
 
 def test_ct_levels_are_each_patients_median_in_head_grey(data_root, capsys, tmp_path):

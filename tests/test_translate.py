@@ -25,7 +25,7 @@ OBLIQUE = tuple(sitk.VersorRigid3DTransform((0.1, -0.2, 0.3, 0.927)).GetMatrix()
 MAPPINGS = {"ct": CTWindow().to_dict(), "mr": MRPercentile(lo=0.0, hi=1000.0).to_dict()}
 
 
-def make_run(folder: Path, directions=("mr2ct", "ct2mr"), slices: int = 1, size: int = 32) -> Path:
+def make_run(folder: Path, directions=("mr2ct", "ct2mr"), slices: int = 1, size: int = 32, extra: dict | None = None) -> Path:
     """A run folder with tiny randomly initialised generators (meaningless output, real pipeline)."""
     torch.manual_seed(0)
     for direction in directions:
@@ -35,7 +35,7 @@ def make_run(folder: Path, directions=("mr2ct", "ct2mr"), slices: int = 1, size:
                 "architecture": generator_architecture(g, "resnet", slices, 4, 1), "slices": slices,
                 "size": size, "axis": 0, "resize": "fit", "intensity_mode": "hu",
                 "input_mapping": MAPPINGS[source], "output_mapping": MAPPINGS[target], "step": 7, "epoch": 1}
-        save_generator(g, folder / f"generator_{direction}", meta)
+        save_generator(g, folder / f"generator_{direction}", meta | (extra or {}))
     return folder
 
 
@@ -160,6 +160,66 @@ def test_body_masked_models_mask_by_default_others_do_not():
     np.testing.assert_allclose(masked.array[array == 40], 40, atol=0.5)
     raw = Translator.from_runner(identity, stub_meta(size=16) | {"body_masked": True}).translate_volume(vol, mask="none")
     np.testing.assert_allclose(raw.array[array == -800], -800, atol=0.5)
+
+
+FLIPPED = {"config": {"data": {"flip": True}}}
+
+
+def add_column_ramp(batch: np.ndarray) -> np.ndarray:
+    """A generator that is not mirror-symmetric: it adds 0.01 per column index."""
+    return batch + 0.01 * np.arange(batch.shape[-1], dtype=np.float32)
+
+
+@pytest.mark.parametrize("resample", ["native", "fit"])
+def test_flip_tta_averages_the_mirrored_translation_of_the_mirror_image(resample):
+    # ramp + mirrored ramp is the constant 0.01 * (W - 1) in every column, so the average adds
+    # its half everywhere; a left-right asymmetric input keeps its asymmetry.
+    array = np.tile(np.linspace(-900, 900, 16, dtype=np.float32), (3, 16, 1))
+    vol = Volume(array=array)
+    plain = Translator.from_runner(add_column_ramp, stub_meta(size=16) | FLIPPED, resample=resample)
+    tta = Translator.from_runner(add_column_ramp, stub_meta(size=16) | FLIPPED, resample=resample, tta="flip")
+    expected = array + 0.5 * 0.01 * 15 * (3000 + 1024) / 2  # half the constant, model range -> HU
+    np.testing.assert_allclose(tta.translate_volume(vol).array, expected, atol=0.5)
+    ramp_hu = np.arange(16) * 0.01 * (3000 + 1024) / 2
+    np.testing.assert_allclose(plain.translate_volume(vol).array, array + ramp_hu, atol=0.5)
+
+
+def test_flip_tta_also_averages_the_cycle_qa_reconstruction():
+    vol = Volume(array=np.zeros((2, 12, 12), np.float32))
+    translator = Translator.from_runner(identity, stub_meta(size=12) | FLIPPED, backward=add_column_ramp,
+                                        tta="flip")
+    error = translator.translate_volume(vol, qa=True).cycle_error.array
+    np.testing.assert_allclose(error, 0.5 * 0.01 * 11 * (3000 + 1024) / 2, rtol=1e-4)
+
+
+@pytest.mark.parametrize("meta, problem", [({"config": {"data": {"flip": False}}}, "trained without flips"),
+                                           ({}, "does not record")])
+def test_flip_tta_needs_a_model_trained_with_flips(meta, problem):
+    with pytest.raises(SynthctError, match=problem):
+        Translator.from_runner(identity, stub_meta() | meta, tta="flip")
+    with pytest.raises(SynthctError, match="unknown test-time augmentation"):
+        Translator.from_runner(identity, stub_meta() | FLIPPED, tta="rotate")
+
+
+def test_translate_cli_flip_tta(tmp_path, run_dir, capsys):
+    vol = oblique_volume(shape=(3, 16, 20))
+    src = write_image(vol, tmp_path / "ct.nii.gz", dtype="int16")
+    flipped_run = make_run(tmp_path / "run", extra=FLIPPED)
+    outputs = {}
+    for tta in ("none", "flip"):
+        rc = main(["translate", "--model", str(flipped_run), "--direction", "ct2mr", str(src), "--out",
+                   str(tmp_path / tta), "--tta", tta, "--device", "cpu", "--qa"])
+        assert rc == 0
+        outputs[tta] = read_image(tmp_path / tta / "ct_smr.nii.gz")
+        assert outputs[tta].same_geometry(vol, tol=1e-6)
+    assert not np.allclose(outputs["none"].array, outputs["flip"].array)
+    capsys.readouterr()
+    # A model that does not record its training flips: one line naming the problem, exit 2.
+    rc = main(["translate", "--model", str(run_dir), "--direction", "ct2mr", str(src), "--out",
+               str(tmp_path / "refused"), "--tta", "flip", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--tta flip needs a model trained with mirrored slices" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
 
 
 def test_cycle_qa_reports_errors_in_source_units_and_flags_bad_slices():

@@ -27,6 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mask", help="body mask file (non-zero = body; one input only), 'auto' or 'none': "
                                        "outside the body the output is air (default: auto for models trained with "
                                        "model.body_masked, none otherwise)")
+    parser.add_argument("--tta", default="none", choices=("none", "flip"),
+                        help="test-time augmentation: flip averages each slice's translation with the mirrored "
+                             "translation of its mirror image (2 passes; models trained with data.flip)")
     parser.add_argument("--resample", default="auto", choices=("auto", "native", "fit"),
                         help="native: translate at the input's pixel grid; fit: the training resize "
                              "(longest side to the training size) and back; auto: fit only when the "
@@ -134,7 +137,7 @@ def run(args) -> int:
 
     translator = Translator(model_ref, args.direction, device=args.device, precision=args.precision,
                             batch_size=args.batch_size, backend=backend, resample=args.resample, tile=args.tile,
-                            qa_model=args.model if args.onnx else None)
+                            qa_model=args.model if args.onnx else None, tta=args.tta)
     if args.dicom_out and translator.eight_bit:
         raise SynthctError("--dicom-out needs a model trained in HU, not on 8-bit pictures")
     tag = TARGET_TAG[args.direction]

@@ -31,6 +31,12 @@ The pipeline repeats exactly what training did to a slice (see the generator's J
    comes out in HU; a synthetic MR in the *training MRs' scale* (the median lo/hi of the
    training volumes' percentile fits), since MR has no absolute units to return to.
 
+Test-time augmentation (``tta="flip"``) averages the translation of each slice with the
+mirrored translation of its mirror image (along the slice's columns, the axis training flips
+randomly with ``data.flip``): two forward passes for a prediction with less of the generator's
+slice-to-slice noise, as nnU-Net does by default for segmentation. Only a model trained with
+flips has seen mirrored slices, so only such a model accepts it.
+
 Cycle-consistency QA (``qa=True``) runs the opposite generator F of the same run on G(x) and
 reports |F(G(x)) - x|. The error is measured in model range and mapped to source units with
 the source mapping's linear scale (HU for CT, the input's own MR units for MR, grey levels for
@@ -60,6 +66,7 @@ DEFAULT_TILE = 512
 # "auto" resampling switches to the training transform beyond this scale mismatch.
 FIT_SCALE_TOLERANCE = 1.25
 RESAMPLE_MODES = ("auto", "native", "fit")
+TTA_MODES = ("none", "flip")
 # QA flags slices whose mean cycle error exceeds mean + QA_SIGMAS * std over slices.
 QA_SIGMAS = 3.0
 
@@ -114,6 +121,23 @@ class OnnxRunner:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+class FlipAveraged:
+    """A runner averaging ``runner(x)`` with the mirrored ``runner(mirrored x)`` (last axis)."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        mirrored = self.runner(np.ascontiguousarray(batch[..., ::-1]))[..., ::-1]
+        return 0.5 * (self.runner(batch) + mirrored)
+
+
+def trained_with_flips(meta: dict) -> bool | None:
+    """Whether the sidecar's training configuration flipped slices (None: not recorded)."""
+    flip = ((meta.get("config") or {}).get("data") or {}).get("flip")
+    return flip if isinstance(flip, bool) else None
 
 
 def onnx_sidecar(path: Path) -> Path:
@@ -230,41 +254,48 @@ class Translator:
     (backend "torch"), or an exported ``.onnx`` file with its ``.onnx.json`` sidecar (backend
     "onnxruntime"). ``qa_model``: where the opposite generator for cycle QA lives (defaults
     to ``model_ref``'s run). ``tile``: None = automatic (large slices only), 0 = never,
-    N = tiles of N x N pixels.
+    N = tiles of N x N pixels. ``tta``: "none" or "flip" (see the module docstring).
     """
 
     def __init__(self, model_ref: str | Path, direction: str, device: str = "auto", precision: str = "auto",
                  batch_size: int = 16, backend: str = "torch", resample: str = "auto", tile: int | None = None,
-                 qa_model: str | Path | None = None):
+                 qa_model: str | Path | None = None, tta: str = "none"):
         if direction not in DIRECTIONS:
             raise SynthctError(f"unknown direction '{direction}' (mr2ct | ct2mr)")
         self.device, self.precision = resolve_runtime(device, precision) if backend == "torch" else ("cpu", "fp32")
         runner, meta = load_runner(model_ref, direction, backend, self.device, self.precision)
-        self._configure(runner, meta, direction, batch_size, resample, tile)
+        self._configure(runner, meta, direction, batch_size, resample, tile, tta)
         self.model_ref = Path(model_ref)
         self.backend = backend
         self.qa_model = Path(qa_model) if qa_model is not None else None
 
     @classmethod
     def from_runner(cls, runner: Runner, meta: dict, *, backward: Runner | None = None, batch_size: int = 16,
-                    resample: str = "auto", tile: int | None = None) -> "Translator":
+                    resample: str = "auto", tile: int | None = None, tta: str = "none") -> "Translator":
         """A translator around an already loaded generator (and optionally its opposite)."""
         self = cls.__new__(cls)
         self.device, self.precision, self.backend = "cpu", "fp32", "torch"
         self.model_ref, self.qa_model = Path(""), None
-        self._configure(runner, meta, meta.get("direction", ""), batch_size, resample, tile)
-        self._backward = backward
+        self._configure(runner, meta, meta.get("direction", ""), batch_size, resample, tile, tta)
+        self._backward = self._augmented(backward) if backward is not None else None
         return self
 
     def _configure(self, runner: Runner, meta: dict, direction: str, batch_size: int, resample: str,
-                   tile: int | None) -> None:
+                   tile: int | None, tta: str) -> None:
         if meta.get("direction") != direction:
             raise SynthctError(f"this model translates {meta.get('direction')} only, not {direction}")
         if resample not in RESAMPLE_MODES:
             raise SynthctError(f"unknown resample mode '{resample}' ({' | '.join(RESAMPLE_MODES)})")
         if batch_size < 1:
             raise SynthctError(f"batch size must be at least 1, got {batch_size}")
-        self.runner = runner
+        if tta not in TTA_MODES:
+            raise SynthctError(f"unknown test-time augmentation '{tta}' ({' | '.join(TTA_MODES)})")
+        if tta == "flip" and not trained_with_flips(meta):
+            why = "was trained without flips (data.flip)" if trained_with_flips(meta) is False \
+                else "does not record whether it was trained with flips (data.flip)"
+            raise SynthctError(f"--tta flip needs a model trained with mirrored slices; this one {why}")
+        self.tta = tta
+        self.runner = self._augmented(runner)
         self.meta = meta
         self.direction = direction
         self.source, self.target = DIRECTIONS[direction]
@@ -458,6 +489,9 @@ class Translator:
             raise SynthctError(f"mask must be a boolean array, 'auto' or 'none', got {mask!r}")
         return None, None
 
+    def _augmented(self, runner: Runner) -> Runner:
+        return FlipAveraged(runner) if self.tta == "flip" else runner
+
     def _backward_runner(self) -> Runner:
         if self._backward is not None:
             return self._backward
@@ -471,8 +505,8 @@ class Translator:
         if int(meta.get("slices", 1)) != self.slices:
             raise SynthctError(f"the {other} generator takes {meta.get('slices')} slices, "
                                f"the {self.direction} one {self.slices}; not the same run", ref)
-        self._backward = runner
-        return runner
+        self._backward = self._augmented(runner)
+        return self._backward
 
     def _qa_summary(self, error: np.ndarray, body: np.ndarray, axis: int, threshold: float | None,
                     mapping: Mapping) -> QASummary:
