@@ -421,7 +421,7 @@ def elapsed_by_step(log_csv: Path) -> dict[int, float]:
         return {int(row["step"]): float(row["elapsed_s"]) for row in reader}
 
 
-def curve(work: Path, run_dir: Path, device: str = "auto") -> dict:
+def curve(work: Path, run_dir: Path, device: str = "auto", tta: str = "none", mask: str | None = None) -> dict:
     """Test-set scores of every generator snapshot of a run against its training minutes."""
     run_dir = Path(run_dir)
     elapsed = elapsed_by_step(run_dir / "log.csv")
@@ -430,10 +430,11 @@ def curve(work: Path, run_dir: Path, device: str = "auto") -> dict:
     for step, weights in find_snapshots(run_dir):
         if step not in elapsed and step != 0:
             raise SynthctError(f"step {step} of {weights.name} is not in log.csv", run_dir / "log.csv")
-        result = evaluate(work, weights, f"{run_dir.name} step {step}", device, test)
+        result = evaluate(work, weights, f"{run_dir.name} step {step}", device, test, tta, mask)
         points.append({"step": step, "minutes": elapsed.get(step, 0.0) / 60, "generator": str(weights),
                        "means": result["means"]})
-    return {"run": str(run_dir), "protocol": protocol(test), "points": points}
+    return {"run": str(run_dir), "protocol": protocol(test),
+            "inference": {"tta": tta, "mask": mask or "the model's default"}, "points": points}
 
 
 def average_snapshots(run_dir: Path, from_minutes: float, out_stem: Path) -> tuple[Path, list[int]]:
@@ -682,6 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p = command("curve", "score every generator snapshot of a run and plot head MAE against minutes")
     p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--tta", choices=("none", "flip"), default="none", help="as synthct translate --tta")
+    p.add_argument("--mask", choices=("auto", "none"), help="as synthct translate --mask (default: the model's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p = command("average", "score the uniform weight average of a run's snapshots from a given minute on")
@@ -755,11 +758,13 @@ def run(args: argparse.Namespace) -> int:
         print(_summary(result))
         print(f"written to {out}")
     elif args.command == "curve":
-        points_file = results / f"curve_{args.run.name}.json"
-        plot_file = results / f"curve_{args.run.name}.png"
+        name = args.run.name + (f"_tta-{args.tta}" if args.tta != "none" else "") \
+            + (f"_mask-{args.mask}" if args.mask else "")
+        points_file = results / f"curve_{name}.json"
+        plot_file = results / f"curve_{name}.png"
         if points_file.exists() and not args.overwrite:
             raise SynthctError("exists; use --overwrite to replace it", points_file)
-        found = curve(work, args.run, args.device)
+        found = curve(work, args.run, args.device, args.tta, args.mask)
         _write_json(points_file, found, args.overwrite)
         plot_curve(found, reference_lines(work), plot_file)
         for point in found["points"]:

@@ -291,6 +291,7 @@ def test_train_evaluate_curve_end_to_end(work, tmp_path, monkeypatch):
     scored = json.loads((results / "run_tta-flip_mask-auto.json").read_text(encoding="utf-8"))
     assert scored["inference"] == {"tta": "flip", "mask": "auto"}
     assert scored["means"]["head_mae"] != pytest.approx(result["means"]["head_mae"])
+    assert exp.curve(work, run, "cpu", "flip", "auto")["points"][-1]["means"] == scored["means"]
 
 
 def test_ct_levels_are_each_patients_median_in_head_grey(data_root, capsys, tmp_path):
