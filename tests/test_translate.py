@@ -188,8 +188,9 @@ def test_flip_tta_also_averages_the_cycle_qa_reconstruction():
     vol = Volume(array=np.zeros((2, 12, 12), np.float32))
     translator = Translator.from_runner(identity, stub_meta(size=12) | FLIPPED, backward=add_column_ramp,
                                         tta="flip")
-    error = translator.translate_volume(vol, qa=True).cycle_error.array
-    np.testing.assert_allclose(error, 0.5 * 0.01 * 11 * (3000 + 1024) / 2, rtol=1e-4)
+    result = translator.translate_volume(vol, qa=True)
+    np.testing.assert_allclose(result.cycle_error.array, 0.5 * 0.01 * 11 * (3000 + 1024) / 2, rtol=1e-4)
+    assert result.summary.to_dict()["tta"] == "flip"
 
 
 @pytest.mark.parametrize("meta, problem", [({"config": {"data": {"flip": False}}}, "trained without flips"),

@@ -523,7 +523,7 @@ class Translator:
         units = "HU" if isinstance(mapping, CTWindow) else ("grey level" if isinstance(mapping, EightBit)
                                                              else "input MR units")
         extra = {"direction": self.direction, "model": self.meta.get("model"), "step": self.meta.get("step"),
-                 "epoch": self.meta.get("epoch"), "slicing_axis": axis}
+                 "epoch": self.meta.get("epoch"), "slicing_axis": axis, "tta": self.tta}
         return QASummary(units, mean_in_body, per_slice, threshold, flagged, extra)
 
 
