@@ -479,7 +479,10 @@ def plot_curve(curve_result: dict, reference_lines: dict[str, float], path: Path
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     axes.set_xlabel("training time (minutes)")
     axes.set_ylabel("head MAE (0..255, mean over the scored slices)")
-    axes.set_title(f"AANLIB, MR -> CT: {Path(curve_result['run']).name}", fontsize=9)
+    inference = curve_result.get("inference") or {}
+    options = " ".join(f"--{key} {value}" for key, value in inference.items() if value in ("flip", "auto"))
+    axes.set_title(f"AANLIB, MR -> CT: {Path(curve_result['run']).name}" + (f", translated with {options}"
+                                                                               if options else ""), fontsize=9)
     axes.grid(alpha=0.3)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", bbox_inches="tight")
