@@ -367,6 +367,11 @@ def translate_test_set(generator_ref: Path, test: list[TestSlice], device: str =
     return {item.id: translator.translate_volume(read_image(item.mr_path), mask=mask).array[0] for item in test}
 
 
+def inference_suffix(tta: str, mask: str | None) -> str:
+    """``_tta-flip`` / ``_mask-auto`` for result names scored with translate's options."""
+    return (f"_tta-{tta}" if tta != "none" else "") + (f"_mask-{mask}" if mask else "")
+
+
 def evaluate(work: Path, generator_ref: Path, name: str, device: str = "auto",
              test: list[TestSlice] | None = None, tta: str = "none", mask: str | None = None) -> dict:
     test = test if test is not None else load_test_set(work)
@@ -751,8 +756,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{discriminator_loss_window(run_dir, int(first), int(last), k):.3f}" for k in range(scales)) + ")"
             print(line)
     elif args.command == "evaluate":
-        name = (args.run.stem if args.run.is_file() else args.run.name) \
-            + (f"_tta-{args.tta}" if args.tta != "none" else "") + (f"_mask-{args.mask}" if args.mask else "")
+        name = (args.run.stem if args.run.is_file() else args.run.name) + inference_suffix(args.tta, args.mask)
         out = args.out or results / f"{name}.json"
         if out.exists() and not args.overwrite:
             raise SynthctError("exists; use --overwrite to replace it", out)
@@ -761,8 +765,7 @@ def run(args: argparse.Namespace) -> int:
         print(_summary(result))
         print(f"written to {out}")
     elif args.command == "curve":
-        name = args.run.name + (f"_tta-{args.tta}" if args.tta != "none" else "") \
-            + (f"_mask-{args.mask}" if args.mask else "")
+        name = args.run.name + inference_suffix(args.tta, args.mask)
         points_file = results / f"curve_{name}.json"
         plot_file = results / f"curve_{name}.png"
         if points_file.exists() and not args.overwrite:

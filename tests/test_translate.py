@@ -198,6 +198,9 @@ def test_flip_tta_also_averages_the_cycle_qa_reconstruction():
 def test_flip_tta_needs_a_model_trained_with_flips(meta, problem):
     with pytest.raises(SynthctError, match=problem):
         Translator.from_runner(identity, stub_meta() | meta, tta="flip")
+
+
+def test_an_unknown_tta_is_a_clear_error():
     with pytest.raises(SynthctError, match="unknown test-time augmentation"):
         Translator.from_runner(identity, stub_meta() | FLIPPED, tta="rotate")
 

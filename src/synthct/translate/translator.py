@@ -290,8 +290,9 @@ class Translator:
             raise SynthctError(f"batch size must be at least 1, got {batch_size}")
         if tta not in TTA_MODES:
             raise SynthctError(f"unknown test-time augmentation '{tta}' ({' | '.join(TTA_MODES)})")
-        if tta == "flip" and not trained_with_flips(meta):
-            why = "was trained without flips (data.flip)" if trained_with_flips(meta) is False \
+        flips = trained_with_flips(meta)
+        if tta == "flip" and not flips:
+            why = "was trained without flips (data.flip)" if flips is False \
                 else "does not record whether it was trained with flips (data.flip)"
             raise SynthctError(f"--tta flip needs a model trained with mirrored slices; this one {why}")
         self.tta = tta
