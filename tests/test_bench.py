@@ -59,3 +59,14 @@ def test_cli_options():
     command.add_arguments(parser)
     settings = bench.settings_from_args(parser.parse_args(["--quick", "--repeats", "5", "--only", "train"]))
     assert settings.train_sizes == [(128, 32)] and settings.repeats == 5 and settings.only == ("train",)
+
+
+def test_bench_perf_keeps_an_existing_table_and_refuses_bad_threads_in_one_line(tmp_path, capsys):
+    kept = tmp_path / "table.json"
+    kept.write_text("earlier results")
+    assert bench.main(["--json", str(kept), "--only", "data"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"synthct: error: {kept}: already exists; pass --overwrite to replace it"]
+    assert kept.read_text() == "earlier results"
+    assert bench.main(["--threads", "-1"]) == 2
+    assert "--threads must be 0" in capsys.readouterr().err

@@ -46,3 +46,12 @@ def test_demo_refuses_to_clear_a_foreign_folder(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--overwrite", "--minutes", "0.1"]) == 2
     assert "did not create" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_demo_out_naming_a_file_is_a_one_line_error(tmp_path, capsys):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    assert main(["demo", "--out", str(target), "--minutes", "0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"synthct: error: {target}: exists and is not a folder"]
+    assert target.read_text() == "keep me"

@@ -388,3 +388,21 @@ def test_a_stop_before_the_first_step_is_a_clear_error(phantoms, tmp_path):
     with pytest.raises(SynthctError, match="train.stop_at_step must be a step number of at least 1, got 0"):
         train(cfg, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("lr", -1.0, "train.lr must be a positive learning rate, got -1.0"),
+    ("beta1", 1.0, r"train.beta1 must lie in \[0, 1\) \(Adam\), got 1.0"),
+    ("beta2", -0.5, r"train.beta2 must lie in \[0, 1\)"),
+    ("log_every", 0, "train.log_every must be a step count of at least 1, got 0"),
+    ("sample_every", -1, "train.sample_every must be a step count"),
+    ("decay_start", 1.5, "train.decay_start must be a fraction"),
+    ("threads", -1, "train.threads must be a thread count"),
+])
+def test_bad_optimisation_settings_are_clear_errors_before_anything_is_written(phantoms, tmp_path, key, value,
+                                                                                 message):
+    cfg = tiny_config(phantoms, steps=2)
+    setattr(cfg.train, key, value)
+    with pytest.raises(SynthctError, match=message):
+        train(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -68,6 +68,20 @@ def test_flat_layout_with_mask_dir_and_computed_mask(tmp_path):
     assert computed.rows[0]["mae"] == 0.0
 
 
+def test_translate_outputs_named_case_sct_match_their_references(tmp_path):
+    for i, case in enumerate(("p1", "p2")):
+        ct = head_ct(i)
+        write(ct, tmp_path / "ref" / f"{case}.nii.gz")
+        write(ct + 5.0 * (i + 1), tmp_path / "pred" / f"{case}_sct.nii.gz")
+    result = evaluate_cases(tmp_path / "pred", tmp_path / "ref")
+    assert result.complete and not result.unmatched_predictions
+    assert [(row["case"], round(row["me"], 3)) for row in result.rows] == [("p1", 5.0), ("p2", 10.0)]
+    # A prediction named exactly like its reference keeps precedence over p1_sct.
+    write(head_ct(0), tmp_path / "pred" / "p1.nii.gz")
+    result = evaluate_cases(tmp_path / "pred", tmp_path / "ref")
+    assert result.rows[0]["me"] == 0.0 and result.unmatched_predictions == ["p1_sct"]
+
+
 def test_missing_prediction_reported_and_exit_nonzero(tmp_path, capsys):
     pred_dir, ref_dir, _ = synthrad_layout(tmp_path, ["a", "b"], pred_name="ct")
     (pred_dir / "b" / "ct.mha").unlink()

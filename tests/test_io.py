@@ -189,3 +189,13 @@ def test_single_dicom_file_keeps_its_tags():
     vol = read_image(get_testdata_file("CT_small.dcm"))
     assert vol.dicom["PatientID"] == str(ds.PatientID)
     assert vol.spacing[:2] == pytest.approx((float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0])))
+
+
+def test_writing_under_a_file_is_a_clear_error_naming_the_target(tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me")
+    target = blocker / "scan.nii.gz"
+    with pytest.raises(SynthctError, match="cannot write") as info:
+        write_image(Volume(np.zeros((1, 4, 4), np.float32)), target)
+    assert info.value.path == str(target)
+    assert blocker.read_text() == "keep me"

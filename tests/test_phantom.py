@@ -77,6 +77,15 @@ def test_cli_writes_synthrad_layout_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(args + ["--overwrite"]) == 0
 
 
+def test_cli_keeps_a_readme_of_the_users_in_the_target_folder(tmp_path, capsys):
+    out = tmp_path / "phantoms"
+    out.mkdir()
+    (out / "README.txt").write_text("my notes")
+    assert main(["phantom", "--n", "1", "--out", str(out), "--size", "16,16,8"]) == 2
+    assert "README.txt: already exists" in capsys.readouterr().err
+    assert (out / "README.txt").read_text() == "my notes" and not (out / "phantom_000").exists()
+
+
 def test_cli_rejects_bad_size(tmp_path, capsys):
     assert main(["phantom", "--out", str(tmp_path / "x"), "--size", "32,32"]) == 2
     assert "--size" in capsys.readouterr().err

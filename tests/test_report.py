@@ -76,6 +76,27 @@ def test_report_cli_from_folders(tmp_path, capsys):
     assert '"input":null' not in page  # the MR beside each reference was found
 
 
+@pytest.mark.parametrize("summary, csv_bytes, problem", [
+    ("[]", b"case,mae\nc1,1\n", "summary.json: not an evaluation summary"),
+    ('{"metrics": {"mae": {}}}', b"name,mae\nc1,1\n", "metrics.csv: no 'case' column"),
+    ('{"metrics": {"mae": {}}}', b"case,mae\nc1,\xff\xfe\n", "metrics.csv: not a readable CSV"),
+    ('{"metrics": {"mae": {}}}', b"case,mae\nc1,high\n", "column 'mae' missing or not a number for case c1"),
+])
+def test_report_from_a_damaged_evaluation_folder_is_a_one_line_error(tmp_path, capsys, summary, csv_bytes,
+                                                                      problem):
+    ct = ct_volume(0)
+    write_image(Volume(ct), tmp_path / "ref" / "c1" / "ct.nii.gz")
+    write_image(Volume(ct), tmp_path / "pred" / "c1" / "sct.nii.gz")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "summary.json").write_text(summary)
+    (tmp_path / "eval" / "metrics.csv").write_bytes(csv_bytes)
+    assert main(["report", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
+                 "--eval", str(tmp_path / "eval"), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and problem in err[0]
+    assert not (tmp_path / "r.html").exists()
+
+
 @pytest.mark.browser
 def test_report_renders_in_chromium(tmp_path):
     if CHROMIUM is None:

@@ -134,6 +134,22 @@ def test_tiled_equals_untiled_for_limited_receptive_field():
     np.testing.assert_allclose(tiled.array, whole.array, atol=1e-3)  # HU; float32 rounding only
 
 
+@pytest.mark.parametrize("tile", [1, 8, 15, -4])
+def test_a_tile_too_small_to_overlap_is_a_clear_error(tile):
+    with pytest.raises(SynthctError, match=f"tile size must be 0 \\(never tile\\) or at least 16 pixels, got {tile}"):
+        Translator.from_runner(TorchRunner(torch.nn.Identity()), stub_meta(size=80, resize="none"), tile=tile)
+
+
+def test_the_smallest_tile_still_tiles_exactly():
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    vol = Volume(array=np.random.default_rng(2).uniform(-1000, 1500, (1, 40, 44)).astype(np.float32))
+    meta = stub_meta(size=40, resize="none")
+    whole = Translator.from_runner(TorchRunner(net), meta, tile=0).translate_volume(vol)
+    tiled = Translator.from_runner(TorchRunner(net), meta, tile=16).translate_volume(vol)
+    np.testing.assert_allclose(tiled.array, whole.array, atol=1e-2)
+
+
 def test_blend_ramp_is_zero_at_the_tile_border_and_rises_smoothly():
     ramp = raised_cosine_ramp(16)
     assert ramp[:4].max() == 0 and ramp[-4:].min() == 1
@@ -348,6 +364,28 @@ def test_output_never_replaces_an_input_even_with_overwrite(tmp_path, run_dir, c
                "--out", str(tmp_path), "--device", "cpu", "--overwrite"])
     assert rc == 2 and victim.read_bytes() == before
     assert "would replace an input" in capsys.readouterr().err
+
+
+def test_two_inputs_of_the_same_name_get_their_own_translations_and_qa(tmp_path, run_dir):
+    first = write_image(oblique_volume(), tmp_path / "one" / "scan.nii.gz", dtype="int16")
+    second = write_image(oblique_volume(low=-500), tmp_path / "two" / "scan.nii.gz", dtype="int16")
+    out = tmp_path / "out"
+    rc = main(["translate", "--model", str(run_dir), "--direction", "ct2mr", str(first), str(second),
+               "--out", str(out), "--device", "cpu", "--qa"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "scan_2_cycle_error.nii.gz", "scan_2_qa.json", "scan_cycle_error.nii.gz", "scan_qa.json",
+        "scan_smr.nii.gz", "scan_smr_2.nii.gz"]
+    assert json.loads((out / "scan_2_qa.json").read_text())["input"].endswith("two/scan.nii.gz")
+
+
+@pytest.mark.parametrize("fmt, suffix", [("tiff", ".tif"), ("mhd", ".mhd")])
+def test_translate_writes_tiff_and_metaimage_headers_on_request(tmp_path, run_dir, fmt, suffix):
+    src = write_image(oblique_volume(shape=(1, 20, 24)), tmp_path / "a.nii.gz", dtype="int16")
+    rc = main(["translate", "--model", str(run_dir), "--direction", "ct2mr", str(src), "--out",
+               str(tmp_path / "o"), "--device", "cpu", "--format", fmt])
+    assert rc == 0
+    assert read_image(tmp_path / "o" / f"a_smr{suffix}").shape == (1, 20, 24)
 
 
 def test_dicom_series_folder_name_is_sanitised(tmp_path, run_dir):

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthct.errors import SynthctError
+
 SECTIONS = ("train", "inference", "volume", "memory", "data", "quality")
 
 # Targets of issue 6 for the 2-core CPU (reference: 9.4 s/it, 0.44 s/slice, 4.2 GB).
@@ -470,6 +472,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     from synthct.io.atomic import atomic_write_text
 
+    if args.threads < 0:
+        raise SynthctError(f"--threads must be 0 (torch's default) or more, got {args.threads}")
+    for target in (args.json, args.markdown):
+        if target and Path(target).exists() and not args.overwrite:
+            raise SynthctError("already exists; pass --overwrite to replace it", target)
     report = run_benchmarks(settings_from_args(args), log=lambda line: print(line, file=sys.stderr, flush=True))
     table = report.markdown()
     print(table)
@@ -481,8 +488,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from synthct.commands.bench import add_arguments
+    """benchmarks/bench_perf.py: ``synthct bench`` with the CLI's one-line errors."""
+    from synthct.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="bench_perf", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])

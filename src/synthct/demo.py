@@ -119,6 +119,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, overwrite: b
 
     s = settings or DemoSettings()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SynthctError("exists and is not a folder", out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise SynthctError("demo folder is not empty; pass --overwrite to replace it", out)

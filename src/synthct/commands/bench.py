@@ -16,6 +16,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (train.compile)")
     parser.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --json / --markdown files")
 
 
 def run(args) -> int:

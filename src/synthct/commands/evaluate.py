@@ -27,7 +27,7 @@ def run(args) -> int:
     written = write_outputs(result, args.out, overwrite=args.overwrite)
     print(format_table(result))
     print(f"wrote {written[0]} and {written[1]}")
-    if result.missing:
+    if not result.complete:
         print(f"synthct: error: {len(result.missing)} reference(s) have no prediction: {', '.join(result.missing)}",
               file=sys.stderr)
         return 1

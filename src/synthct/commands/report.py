@@ -37,12 +37,23 @@ def read_evaluation(eval_dir) -> tuple[dict, list[dict]]:
         if not path.is_file():
             raise SynthctError("not found; run 'synthct evaluate --out' on this folder first", path)
     try:
-        summary = json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SynthctError("not UTF-8 text", summary_path) from None
     except json.JSONDecodeError as exc:
         raise SynthctError(f"not valid JSON ({exc.msg}, line {exc.lineno})", summary_path) from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("metrics", {}), dict):
+        raise SynthctError("not an evaluation summary (expected an object with 'metrics')", summary_path)
     metric_names = list(summary.get("metrics", {}))
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise SynthctError(f"not a readable CSV ({type(exc).__name__})", csv_path) from None
+    if "case" not in columns:
+        raise SynthctError("no 'case' column; not a metrics.csv written by 'synthct evaluate'", csv_path)
     for row in rows:
         for name in metric_names:
             try:

@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", help="run folder, generator .safetensors/.json, or an exported .onnx")
     parser.add_argument("--direction", required=True, choices=("mr2ct", "ct2mr"))
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--format", choices=("nifti", "mha", "nrrd", "png", "npy"),
+    parser.add_argument("--format", choices=("nifti", "mha", "mhd", "nrrd", "png", "tiff", "npy"),
                         help="output format (default: the input's own; NIfTI for DICOM inputs)")
     parser.add_argument("--dtype", choices=("int16", "float32", "uint8"),
                         help="output type (default: int16 for synthetic CT in HU, uint8 for 8-bit models, "
@@ -89,18 +89,19 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     return found, problems
 
 
-def _plan_outputs(inputs: list[Path], tag: str) -> list[tuple[Path, str]]:
-    """(input, output stem) pairs; stems made unique so two inputs never share an output."""
+def _plan_outputs(inputs: list[Path], tag: str) -> list[tuple[Path, str, str]]:
+    """(input, output stem, QA stem) for each input; made unique so two inputs never share an output."""
     seen: dict[str, int] = {}
     plan = []
     for path in inputs:
-        stem = f"{input_stem(path)}_{tag}"
+        name = input_stem(path)
+        stem, qa_stem = f"{name}_{tag}", name
         if stem in seen:
             seen[stem] += 1
-            stem = f"{stem}_{seen[stem]}"
+            stem, qa_stem = f"{stem}_{seen[stem]}", f"{name}_{seen[stem]}"
         else:
             seen[stem] = 1
-        plan.append((path, stem))
+        plan.append((path, stem, qa_stem))
     return plan
 
 
@@ -149,7 +150,7 @@ def run(args) -> int:
         print(f"synthct: error: {problem}", file=sys.stderr)
 
     bar = tqdm(total=len(inputs), unit="volume", desc="translate", disable=None, file=sys.stderr)
-    for path, stem in _plan_outputs(inputs, tag):
+    for path, stem, qa_stem in _plan_outputs(inputs, tag):
         try:
             vol = read_image(path)
             suffix = output_suffix(vol, args.format)
@@ -159,7 +160,7 @@ def run(args) -> int:
             target = out_dir / f"{stem}{suffix}"
             planned = [target]
             if args.qa:
-                planned += [out_dir / f"{input_stem(path)}_cycle_error{suffix}", out_dir / f"{input_stem(path)}_qa.json"]
+                planned += [out_dir / f"{qa_stem}_cycle_error{suffix}", out_dir / f"{qa_stem}_qa.json"]
             if args.dicom_out:
                 planned.append(Path(args.dicom_out) / stem)
             for p in planned:

@@ -222,10 +222,10 @@ def write_phantoms(n: int, out_dir, seed: int = 0, size=(128, 128, 64), overwrit
         raise SynthctError("exists and is not a folder", out_dir)
     cases = [out_dir / f"phantom_{i:03d}" for i in range(n)]
     if not overwrite:
-        for case in cases:
-            for name in ("mr.nii.gz", "ct.nii.gz", "mask.nii.gz"):
-                if (case / name).exists():
-                    raise SynthctError("already exists; pass --overwrite to replace it", case / name)
+        planned = [case / name for case in cases for name in ("mr.nii.gz", "ct.nii.gz", "mask.nii.gz")]
+        for path in planned + [out_dir / "README.txt"]:
+            if path.exists():
+                raise SynthctError("already exists; pass --overwrite to replace it", path)
     spacing = tuple(float(s) for s in spacing)
     for i, case in enumerate(cases):
         mr, ct, mask = make_phantom(seed + i, size, contrast, spacing)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from synthct.data.intensity import CTWindow, EightBit, MRPercentile
+from synthct.data.intensity import CTWindow, EightBit, MRPercentile, mapping_for
 from synthct.data.mask import body_mask
 from synthct.errors import SynthctError
 from synthct.io.image import read_image
@@ -234,12 +234,9 @@ class SliceDataset(Dataset):
                 raise SynthctError(f"mask shape {mask.shape} differs from its image {vol.array.shape}", mask_path)
         else:
             mask = body_mask(vol.array, "8bit" if eight_bit else modality)
-        if eight_bit:
-            mapping = EightBit()
-        elif modality == "ct":
-            mapping = CTWindow(*self.cfg.ct_window)
-        else:
-            mapping = MRPercentile(*self.cfg.mr_percentiles).fit(vol.array, mask)
+        mapping = mapping_for(modality, self.cfg, eight_bit)
+        if isinstance(mapping, MRPercentile):
+            mapping = mapping.fit(vol.array, mask)
             self._mr_bounds.append((mapping.lo, mapping.hi))
         normalised = vol.with_array(mapping.forward(vol.array))
         axis = 0 if vol.is_2d else self.cfg.axis

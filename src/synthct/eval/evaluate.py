@@ -33,6 +33,7 @@ from synthct.io.image import SUPPORTED_SUFFIXES, Volume, is_dicom_series_dir, re
 MODES = ("hu", "8bit", "auto")
 REFERENCE_NAMES = ("ct",)
 PREDICTION_NAMES = ("sct", "ct")
+TRANSLATE_SUFFIX = "_sct"  # synthct translate's name for a synthetic CT of <case>: <case>_sct
 MASK_NAMES = ("mask",)
 INPUT_NAMES = ("mr",)
 OUTPUT_FILES = ("metrics.csv", "summary.json")
@@ -138,6 +139,20 @@ def index_cases(root: str | Path, names: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
+def _translate_names_to_cases(predictions: dict[str, Path], references: dict[str, Path]) -> dict[str, Path]:
+    """Let ``synthct translate``'s flat outputs (``<case>_sct.<ext>``) match the reference ``<case>``.
+
+    A prediction named exactly like a reference keeps precedence; so does any name that matches
+    no reference once the suffix is dropped.
+    """
+    renamed = dict(predictions)
+    for name, path in predictions.items():
+        case = name.removesuffix(TRANSLATE_SUFFIX)
+        if case != name and name not in references and case in references and case not in predictions:
+            renamed[case] = renamed.pop(name)
+    return renamed
+
+
 def match_cases(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -149,7 +164,7 @@ def match_cases(
     references = index_cases(ref_dir, REFERENCE_NAMES)
     if not references:
         raise SynthctError("no reference images found (expected <case>/ct.<ext> or <case>.<ext>)", ref_dir)
-    predictions = index_cases(pred_dir, PREDICTION_NAMES)
+    predictions = _translate_names_to_cases(index_cases(pred_dir, PREDICTION_NAMES), references)
     masks = index_cases(mask_dir, MASK_NAMES) if mask_dir is not None else {}
     inputs = index_cases(input_dir, INPUT_NAMES) if input_dir is not None else {}
     cases = []

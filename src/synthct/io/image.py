@@ -582,23 +582,25 @@ def write_image(vol: Volume, path: str | Path, dtype: str | np.dtype | None = No
     if dtype is not None:
         array = cast_for_storage(array, dtype)
     out = vol.with_array(array) if array.shape == vol.array.shape else vol
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-        tmp_path = Path(tmp) / path.name
-        if suffix == ".npy":
-            np.save(tmp_path, out.array[0] if vol.is_2d else out.array, allow_pickle=False)
-        else:
-            img = out.to_sitk()
-            if suffix == ".png" and not vol.is_2d:
-                img = img[:, :, 0]
-            try:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+            tmp_path = Path(tmp) / path.name
+            if suffix == ".npy":
+                np.save(tmp_path, out.array[0] if vol.is_2d else out.array, allow_pickle=False)
+            else:
+                img = out.to_sitk()
+                if suffix == ".png" and not vol.is_2d:
+                    img = img[:, :, 0]
                 sitk.WriteImage(img, str(tmp_path), useCompression=suffix in (".nii.gz", ".mha", ".nrrd"))
-            except RuntimeError as exc:
-                raise SynthctError(f"cannot write ({_first_line(exc)})", path) from None
-        produced = sorted(Path(tmp).iterdir(), key=lambda p: p.name != path.name)
-        # Companion files (.raw of .mhd) first, the file users open last.
-        for p in reversed(produced):
-            os.replace(p, path.parent / p.name)
+            produced = sorted(Path(tmp).iterdir(), key=lambda p: p.name != path.name)
+            # Companion files (.raw of .mhd) first, the file users open last.
+            for p in reversed(produced):
+                os.replace(p, path.parent / p.name)
+    except OSError as exc:
+        raise SynthctError(f"cannot write ({exc.strerror or type(exc).__name__})", path) from None
+    except RuntimeError as exc:
+        raise SynthctError(f"cannot write ({_first_line(exc)})", path) from None
     return path
 
 

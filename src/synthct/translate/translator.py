@@ -60,6 +60,8 @@ from synthct.io.image import Volume
 DIRECTIONS = {"mr2ct": ("mr", "ct"), "ct2mr": ("ct", "mr")}
 OPPOSITE = {"mr2ct": "ct2mr", "ct2mr": "mr2ct"}
 CT_AIR_HU = -1000.0
+# The smallest tile whose blended overlap (a quarter, at least 8 pixels) leaves a step between tiles.
+MIN_TILE = 16
 # Slices with more pixels than this (1024 x 1024) are translated in tiles.
 TILE_AUTO_PIXELS = 1024 * 1024
 DEFAULT_TILE = 512
@@ -288,6 +290,8 @@ class Translator:
             raise SynthctError(f"unknown resample mode '{resample}' ({' | '.join(RESAMPLE_MODES)})")
         if batch_size < 1:
             raise SynthctError(f"batch size must be at least 1, got {batch_size}")
+        if tile is not None and tile != 0 and tile < MIN_TILE:
+            raise SynthctError(f"tile size must be 0 (never tile) or at least {MIN_TILE} pixels, got {tile}")
         if tta not in TTA_MODES:
             raise SynthctError(f"unknown test-time augmentation '{tta}' ({' | '.join(TTA_MODES)})")
         flips = trained_with_flips(meta)
