@@ -379,6 +379,20 @@ def test_two_inputs_of_the_same_name_get_their_own_translations_and_qa(tmp_path,
     assert json.loads((out / "scan_2_qa.json").read_text())["input"].endswith("two/scan.nii.gz")
 
 
+def test_the_readme_tour_translate_then_evaluate_pairs_each_case(tmp_path, run_dir, capsys):
+    for i, case in enumerate(("p1", "p2")):
+        mr, ct, _ = make_phantom(i, size=(24, 24, 8))
+        write_image(Volume(mr), tmp_path / "mr" / f"{case}.nii.gz")
+        write_image(Volume(ct), tmp_path / "ct" / f"{case}.nii.gz", dtype="int16")
+    assert main(["translate", "--model", str(run_dir), "--direction", "mr2ct", str(tmp_path / "mr"),
+                 "--out", str(tmp_path / "sct"), "--device", "cpu"]) == 0
+    assert main(["evaluate", "--pred", str(tmp_path / "sct"), "--ref", str(tmp_path / "ct"),
+                 "--out", str(tmp_path / "eval")]) == 0
+    rows = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["p1", "p2"]
+    assert "no prediction" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("fmt, suffix", [("tiff", ".tif"), ("mhd", ".mhd")])
 def test_translate_writes_tiff_and_metaimage_headers_on_request(tmp_path, run_dir, fmt, suffix):
     src = write_image(oblique_volume(shape=(1, 20, 24)), tmp_path / "a.nii.gz", dtype="int16")
