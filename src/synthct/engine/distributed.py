@@ -61,8 +61,16 @@ def init(env: DistEnv, device: torch.device) -> None:
                             device_id=device if device.type == "cuda" else None)
 
 
-def shutdown(env: DistEnv) -> None:
+def shutdown(env: DistEnv, synchronise: bool = False) -> None:
+    """Leave the process group; ``synchronise`` first waits for every rank to get here.
+
+    Without the wait, a rank that tore the group down while another was still finishing its last
+    collective occasionally made gloo abort that other process at exit ("terminate called without
+    an active exception", exit -6) after a run that had finished correctly.
+    """
     if env.enabled and dist.is_initialized():
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()
 
 

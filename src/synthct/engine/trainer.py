@@ -555,9 +555,12 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: 
     device = resolve_device(cfg.train.device, env.local_rank)
     ddp.init(env, device)
     try:
-        return _train(cfg, run_dir, resume, overwrite, quiet, env, device)
-    finally:
-        ddp.shutdown(env)
+        result = _train(cfg, run_dir, resume, overwrite, quiet, env, device)
+    except BaseException:
+        ddp.shutdown(env)  # no barrier: a failed rank must not wait for the others
+        raise
+    ddp.shutdown(env, synchronise=True)
+    return result
 
 
 def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
