@@ -28,7 +28,7 @@ per-slice results, plots) goes under ``--work`` (default ``experiments/aanlib``,
 all within the one budget.
 
 Subcommands: ``prepare``, ``baselines``, ``train``, ``evaluate``, ``curve``, ``average``,
-``windowing``, ``discriminators``, ``table``; run
+``windowing``, ``discriminators``, ``structure``, ``table``; run
 ``python benchmarks/aanlib_experiment.py COMMAND --help``.
 """
 
@@ -278,6 +278,91 @@ def offset_removed(predictions: dict[str, np.ndarray], test: list[TestSlice]) ->
     means = {key: sum(c[key] * c["slices"] for c in cases.values()) / total
              for key in ("head_mae", "head_mae_offset_removed")}
     return {"cases": cases, "means": means}
+
+
+# --------------------------------------------------------------------------- structure
+
+# Bone in these CT pictures: the skull is saturated (255) and brain lies near 100, so 200 splits
+# them whatever each patient's window; the pairs' head outlines differ by a few pixels.
+BONE_GREY = 200.0
+BONE_TOLERANCE_PX = 3.0
+STRUCTURE_KEYS = ("bone_dice", "bone_invented", "bone_missed", "edge_ratio", "head_mae")
+
+
+def structure_scores(predictions: dict[str, np.ndarray], test: list[TestSlice], name: str, description: str = "",
+                     cycle_errors: dict[str, float] | None = None) -> dict:
+    """Per slice and averaged: whether the synthetic CT's bone lies where the real CT's does
+    (Dice; invented and missed bone beyond BONE_TOLERANCE_PX), how sharp its edges are (the 95th
+    percentile of the gradient magnitude in the head, over the real CT's), and, given the
+    cycle-QA error of each slice, how well that error ranks the slices by head MAE (Spearman)."""
+    from scipy.stats import spearmanr
+
+    from synthct.eval.metrics import bone_agreement, edge_strength
+
+    per_slice = []
+    for item in test:
+        pred = np.clip(np.rint(predictions[item.id]), 0, 255)
+        row = {"id": item.id, "case": item.case}
+        row |= bone_agreement(pred, item.ct, item.head, BONE_GREY, BONE_TOLERANCE_PX)
+        row["edge_ratio"] = edge_strength(pred, item.head) / edge_strength(item.ct, item.head)
+        row["head_mae"] = float(np.abs(pred - item.ct)[item.head].mean())
+        if cycle_errors is not None:
+            row["cycle_error"] = float(cycle_errors[item.id])
+        per_slice.append(row)
+    keys = STRUCTURE_KEYS + (("cycle_error",) if cycle_errors is not None else ())
+    # Bone fractions are NaN on slices without bone in that image: averaged over the others.
+    means = {k: _mean_of_defined([row[k] for row in per_slice]) for k in keys}
+    if cycle_errors is not None:
+        rho = spearmanr([r["cycle_error"] for r in per_slice], [r["head_mae"] for r in per_slice]).statistic
+        means["cycle_error_vs_head_mae_spearman"] = float(rho)
+    return {"name": name, "description": description, "bone_grey": BONE_GREY,
+            "bone_tolerance_px": BONE_TOLERANCE_PX, "n_slices": len(per_slice), "means": means,
+            "per_slice": per_slice}
+
+
+def _mean_of_defined(values: list[float]) -> float:
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+def resampled_through(ct: np.ndarray, size: int) -> np.ndarray:
+    """A picture taken down to ``size`` pixels (anti-aliased) and back up (bilinear): the
+    detail a pipeline working at ``size`` could keep at best."""
+    from skimage.transform import resize
+
+    small = resize(ct, (size, size), order=1, anti_aliasing=True, preserve_range=True)
+    return resize(small, ct.shape, order=1, anti_aliasing=False, preserve_range=True)
+
+
+def translate_with_qa(generator_ref: Path, test: list[TestSlice], device: str = "auto", tta: str = "none",
+                      mask: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """As :func:`translate_test_set`, plus each slice's cycle-QA error |F(G(mr)) - mr| in its body
+    (grey levels), as ``synthct translate --qa`` reports it."""
+    from synthct.io.image import read_image
+    from synthct.translate.translator import Translator
+
+    translator = Translator(generator_ref, "mr2ct", device=device, tta=tta)
+    predictions, errors = {}, {}
+    for item in test:
+        found = translator.translate_volume(read_image(item.mr_path), mask=mask, qa=True)
+        predictions[item.id] = found.synthetic.array[0]
+        errors[item.id] = found.summary.mean_error_in_body
+    return predictions, errors
+
+
+def structure(work: Path, runs: list[Path], device: str = "auto", tta: str = "none", mask: str | None = None) -> dict:
+    """:func:`structure_scores` of each run, of the real CT through 128 pixels (the reference's
+    working size) and of the MR used as CT."""
+    test = load_test_set(work)
+    rows = [structure_scores({t.id: resampled_through(t.ct, 128) for t in test}, test, "ct_through_128",
+                             "the real CT resized to 128 x 128 and back (the reference's working size)"),
+            structure_scores({t.id: t.mr for t in test}, test, "mr_as_ct", "the test MR itself used as CT")]
+    for run_dir in runs:
+        predictions, errors = translate_with_qa(run_dir, test, device, tta, mask)
+        name = (run_dir.stem if run_dir.is_file() else run_dir.name) + inference_suffix(tta, mask)
+        rows.append(structure_scores(predictions, test, name, f"synthct generator {run_dir}", errors))
+    return {"protocol": protocol(test), "inference": {"tta": tta, "mask": mask or "the model's default"},
+            "rows": rows}
 
 
 # --------------------------------------------------------------------------- baselines
@@ -710,6 +795,14 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(chance is 0.25), as --restarts judges a start")
     p.add_argument("--run", type=Path, action="append", required=True, help="run folder (repeatable)")
     p.add_argument("--steps", default="51-100", metavar="FIRST-LAST", help="step window (default 51-100)")
+    p = command("structure", "bone agreement, edge sharpness and cycle-QA error of runs' test translations, "
+                             "beside the real CT through 128 px and the MR used as CT")
+    p.add_argument("--run", type=Path, action="append", required=True, help="run folder (repeatable)")
+    p.add_argument("--tta", choices=("none", "flip"), default="none", help="as synthct translate --tta")
+    p.add_argument("--mask", choices=("auto", "none"), help="as synthct translate --mask (default: the model's)")
+    p.add_argument("--out", type=Path, help="result JSON (default WORK/results/structure[_tta-flip][_mask-auto].json)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
     p = command("table", "Markdown table of results, baselines and the reference's published numbers")
     p.add_argument("--result", action="append", default=[], metavar="LABEL=RESULT.json",
                    help="an evaluate result with its row label (repeatable)")
@@ -808,6 +901,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"all: head MAE {means['head_mae']:.1f}, {means['head_mae_offset_removed']:.1f} without "
                   f"each patient's offset (an oracle: the offsets are read off the scored CTs)")
         _write_json(out, found, args.overwrite)
+        print(f"written to {out}")
+    elif args.command == "structure":
+        out = args.out or results / f"structure{inference_suffix(args.tta, args.mask)}.json"
+        if out.exists() and not args.overwrite:
+            raise SynthctError("exists; use --overwrite to replace it", out)
+        found = structure(work, args.run, args.device, args.tta, args.mask)
+        _write_json(out, found, args.overwrite)
+        print("| row | bone Dice | invented bone | missed bone | edge strength / CT's | head MAE | cycle error | "
+              "Spearman (cycle error, head MAE) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for row in found["rows"]:
+            m = row["means"]
+            cycle = (f"{m['cycle_error']:.1f} | {m['cycle_error_vs_head_mae_spearman']:.2f}" if "cycle_error" in m
+                     else " | ")
+            print(f"| {row['name']} | {m['bone_dice']:.2f} | {m['bone_invented']:.2f} | {m['bone_missed']:.2f} | "
+                  f"{m['edge_ratio']:.2f} | {m['head_mae']:.1f} | {cycle} |")
         print(f"written to {out}")
     elif args.command == "table":
         pairing = dict(_labelled(args.pairing))

@@ -292,6 +292,28 @@ def test_train_evaluate_curve_end_to_end(work, tmp_path, monkeypatch):
     assert scored["inference"] == {"tta": "flip", "mask": "auto"}
     assert scored["means"]["head_mae"] != pytest.approx(result["means"]["head_mae"])
     assert exp.curve(work, run, "cpu", "flip", "auto")["points"][-1]["means"] == scored["means"]
+    # Structure: the run beside the two reference rows, with each slice's cycle-QA error, which
+    # is what `synthct translate --qa` reports for that slice.
+    assert exp.main(["structure", "--work", str(work_copy), "--run", str(run), "--device", "cpu"]) == 0
+    found = json.loads((results / "structure.json").read_text(encoding="utf-8"))
+    assert [row["name"] for row in found["rows"]] == ["ct_through_128", "mr_as_ct", "run"]
+    ours = found["rows"][2]
+    assert ours["means"]["head_mae"] == pytest.approx(result["means"]["head_mae"])
+    from synthct.io.image import read_image
+    from synthct.translate.translator import Translator
+
+    qa = Translator(run, "mr2ct", device="cpu").translate_volume(read_image(test[0].mr_path), qa=True)
+    assert ours["per_slice"][0]["cycle_error"] == pytest.approx(qa.summary.mean_error_in_body)
+    assert -1 <= ours["means"]["cycle_error_vs_head_mae_spearman"] <= 1
+    assert exp.main(["structure", "--work", str(work_copy), "--run", str(run), "--device", "cpu"]) == 2
+
+
+def test_structure_of_the_real_ct_itself_is_perfect_and_of_a_blurred_one_is_not(work):
+    test = exp.load_test_set(work)
+    itself = exp.structure_scores({t.id: t.ct for t in test}, test, "ct")["means"]
+    assert itself == {"bone_dice": 1.0, "bone_invented": 0.0, "bone_missed": 0.0, "edge_ratio": 1.0, "head_mae": 0.0}
+    blurred = exp.structure_scores({t.id: exp.resampled_through(t.ct, SIZE // 4) for t in test}, test, "ct/4")
+    assert blurred["means"]["edge_ratio"] < 0.9 and blurred["means"]["bone_dice"] < 1.0
 
 
 def test_ct_levels_are_each_patients_median_in_head_grey(data_root, capsys, tmp_path):

@@ -4,7 +4,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.util import crop
 
 from synthct.errors import SynthctError
-from synthct.eval.metrics import eight_bit_metrics, head_mask_8bit, hu_metrics
+from synthct.eval.metrics import bone_agreement, edge_strength, eight_bit_metrics, head_mask_8bit, hu_metrics
 
 
 def test_mae_me_psnr_by_hand_on_tiny_arrays():
@@ -114,3 +114,52 @@ def test_head_mask_on_disc_fills_holes_keeps_largest_and_dilates():
     assert mask[32, 32 + 15 + 5] and not mask[32, 32 + 15 + 7]  # dilated by 5 pixels
     stacked = head_mask_8bit(np.stack([picture, picture]))
     assert stacked.shape == (2, 64, 64) and (stacked[1] == mask).all()
+
+
+def _ring(shape, centre, inner, outer):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    r = np.hypot(yy - centre[0], xx - centre[1])
+    return (r >= inner) & (r < outer)
+
+
+def test_bone_agreement_counts_overlap_and_bone_beyond_the_tolerance():
+    region = np.ones((64, 64), bool)
+    skull = _ring((64, 64), (32, 32), 20, 24)
+    ref = np.where(skull, 255.0, 100.0)
+    same = bone_agreement(ref, ref, region, threshold=200)
+    assert same["bone_dice"] == 1.0 and same["bone_invented"] == 0.0 and same["bone_missed"] == 0.0
+    # The skull shifted by 2 pixels: Dice falls, but within a 3-pixel tolerance nothing is invented.
+    shifted = np.roll(ref, 2, axis=1)
+    moved = bone_agreement(shifted, ref, region, threshold=200, tolerance=3)
+    overlap = (np.roll(skull, 2, axis=1) & skull).sum()
+    assert moved["bone_dice"] == pytest.approx(2 * overlap / (2 * skull.sum()))
+    assert moved["bone_invented"] == 0.0 and moved["bone_missed"] == 0.0
+    # A bright blob in the brain is invented bone: its share of the synthetic bone, exactly.
+    blob = _ring((64, 64), (32, 32), 0, 4)
+    with_blob = np.where(blob, 255.0, ref)
+    found = bone_agreement(with_blob, ref, region, threshold=200, tolerance=3)
+    assert found["bone_invented"] == pytest.approx(blob.sum() / (blob.sum() + skull.sum()))
+    assert found["bone_missed"] == 0.0
+    # Half of the skull gone is missed bone; in millimetres, a coarser grid halves the distances.
+    half = np.where(skull & (np.mgrid[:64, :64][1] < 32), 100.0, ref)
+    lost = bone_agreement(half, ref, region, threshold=200, tolerance=3)
+    assert 0.3 < lost["bone_missed"] < 0.6 and lost["bone_invented"] == 0.0
+    assert bone_agreement(half, ref, region, 200, tolerance=3, spacing=(0.5, 0.5))["bone_missed"] < lost["bone_missed"]
+    # Bone outside the region does not count; no bone at all is NaN, not a perfect score.
+    outside = np.zeros((64, 64), bool)
+    outside[:5, :5] = True
+    assert np.isnan(bone_agreement(ref, ref, outside, 200)["bone_dice"])
+    none = bone_agreement(np.full((64, 64), 100.0), ref, region, 200, tolerance=3)
+    assert none["bone_dice"] == 0.0 and np.isnan(none["bone_invented"]) and none["bone_missed"] == 1.0
+
+
+def test_edge_strength_is_lower_for_a_blurred_image_and_needs_a_region():
+    from scipy import ndimage
+
+    skull = np.where(_ring((64, 64), (32, 32), 20, 24), 255.0, 100.0)
+    region = np.ones((64, 64), bool)
+    sharp = edge_strength(skull, region)
+    assert sharp > 0 and edge_strength(ndimage.gaussian_filter(skull, 2.0), region) < 0.7 * sharp
+    assert edge_strength(np.full((64, 64), 7.0), region) == 0.0
+    with pytest.raises(SynthctError, match="region is empty"):
+        edge_strength(skull, np.zeros((64, 64), bool))
