@@ -40,7 +40,10 @@ flips has seen mirrored slices, so only such a model accepts it.
 Cycle-consistency QA (``qa=True``) runs the opposite generator F of the same run on G(x) and
 reports |F(G(x)) - x|. The error is measured in model range and mapped to source units with
 the source mapping's linear scale (HU for CT, the input's own MR units for MR, grey levels for
-8-bit): values the window clips (e.g. above 3000 HU) count as the window edge.
+8-bit): values the window clips (e.g. above 3000 HU) count as the window edge. A high error
+marks what F cannot undo, a symptom of invented anatomy; a low one is no proof of a faithful
+translation (a generator that inverts contrast can be cycle-consistent; on real brain slices the
+error ranked slices by CT error weakly or inversely, docs/RESULTS.md).
 """
 
 from __future__ import annotations
