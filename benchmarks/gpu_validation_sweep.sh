@@ -9,7 +9,8 @@
 # to prove itself in a CPU hour on the test split.
 #   DATA=.aanlib_data ROUND=1 bash benchmarks/gpu_validation_sweep.sh    # DATA: a copy of the AANLIB folder
 # ROUND=3 swaps the ResNet generators for U-Nets, which cost less per step, so each runs the steps its
-# own CPU hour buys (median step times on the AVX2 CPU; the comment beside each).
+# own CPU hour buys (median step times on the AVX2 CPU; the comment beside each); ROUND=6 likewise
+# for resize-convolution upsampling, on nine fold-seeds.
 source benchmarks/gpu_setup.sh
 DATA=${DATA:-.aanlib_data}
 STEPS=${STEPS:-2700}
@@ -46,6 +47,14 @@ if [ "${ROUND:-1}" = 1 ]; then
 elif [ "$ROUND" = 3 ]; then  # U-Net generators (no dropout), cheaper per step: each at its own CPU hour's steps
     STEPS=10000 variant unet16 --set model.generator=unet --set model.ngf=16  # 0.35 s per CPU step
     STEPS=4300 variant unet32 --set model.generator=unet --set model.ngf=32   # 0.84 s per CPU step
+elif [ "$ROUND" = 6 ]; then  # resize-convolution upsampling against the transposed convolutions, nine seeds
+    # A resize-convolution step costs 1.20x a transposed one on the AVX2 CPU (median of steps 11-40,
+    # twice each: 1.12 and 1.34 s), so its CPU hour buys 2700 / 1.20 = 2250 steps.
+    for SEED_OFFSET in 0 3 6; do
+        variant control_s$SEED_OFFSET
+        STEPS=2250 variant resize_s$SEED_OFFSET --set model.upsample=resize
+    done
+    SEED_OFFSET=0
 elif [ "$ROUND" = 4 ]; then  # body-masked translation and discriminators (the step costs the same)
     variant body_masked --set model.body_masked=true
 else  # round 1's two gains, on other seeds and together

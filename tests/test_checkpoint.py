@@ -40,6 +40,35 @@ def test_generator_roundtrip_from_folder_file_and_sidecar(tmp_path, kind):
         assert not loaded.training
 
 
+def test_resize_upsampling_survives_export_and_older_sidecars_mean_transposed(tmp_path):
+    torch.manual_seed(0)
+    g = build_generator("resnet", 1, 1, ngf=4, n_blocks=2, upsample="resize")
+    arch = generator_architecture(g, "resnet", 1, 4, 2)
+    assert arch["upsample"] == "resize"
+    save_generator(g, tmp_path / "generator_mr2ct", {"direction": "mr2ct", "architecture": arch})
+    x = torch.rand(1, 1, 32, 32) * 2 - 1
+    loaded, _ = load_generator(tmp_path, "mr2ct")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), g.eval()(x))
+    assert loaded.upsample == "resize"
+
+    older = tmp_path / "older"  # written before the sidecar named the upsampling
+    older.mkdir()
+    t = build_generator("resnet", 1, 1, ngf=4, n_blocks=2)
+    arch = generator_architecture(t, "resnet", 1, 4, 2)
+    del arch["upsample"]
+    save_generator(t, older / "generator_mr2ct", {"direction": "mr2ct", "architecture": arch})
+    assert load_generator(older, "mr2ct")[0].upsample == "transpose"
+
+    # resize weights under a sidecar that says transposed: refused, not silently misloaded
+    sidecar = tmp_path / "generator_mr2ct.json"
+    meta = json.loads(sidecar.read_text())
+    meta["architecture"]["upsample"] = "transpose"
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(SynthctError, match="do not match the architecture"):
+        load_generator(tmp_path, "mr2ct")
+
+
 def test_missing_direction_is_named(tmp_path):
     _export(tmp_path)
     with pytest.raises(SynthctError, match="translates mr2ct only"):

@@ -11,6 +11,7 @@ from synthct.errors import SynthctError
 from synthct.models import (CUT, CycleGAN, GANLoss, ImagePool, PatchDiscriminator, Pix2Pix, ResnetGenerator,
                             UnetGenerator, build_model, init_weights, receptive_field)
 from synthct.models.cyclegan import batched
+from synthct.models.layers import ResizeConvNormAct, UpConvNormAct
 from unpaired_inversion import adversarial_step, inversion_errors
 
 
@@ -54,6 +55,41 @@ def test_resnet_generator_follows_the_paper_layout():
     norms = [m for m in net.modules() if isinstance(m, nn.InstanceNorm2d)]
     assert norms and all(not m.affine and not m.track_running_stats for m in norms)
     assert sum(isinstance(m, nn.ReflectionPad2d) for m in net.modules()) == 2 + 2 * 2
+
+
+def test_resize_upsampling_generator_keeps_the_layout_without_transposed_convolutions():
+    net = ResnetGenerator(1, 1, ngf=8, n_blocks=2, upsample="resize")
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in net.modules())
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [m.kernel_size[0] for m in convs] == [7, 3, 3] + [3] * 4 + [3, 3, 7]
+    assert [m.out_channels for m in convs] == [8, 16, 32] + [32] * 4 + [16, 8, 1]
+    transposed = ResnetGenerator(1, 1, ngf=8, n_blocks=2)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in transposed.parameters())
+    y = net(torch.randn(2, 1, 32, 48))
+    assert y.shape == (2, 1, 32, 48) and y.abs().max() <= 1.0
+    with pytest.raises(ValueError, match="unknown upsampling 'bilinear'"):
+        ResnetGenerator(1, 1, ngf=8, n_blocks=2, upsample="bilinear")
+
+
+def test_transposed_upsampling_leaves_a_checkerboard_on_flat_input_and_resize_convolution_none():
+    torch.manual_seed(0)
+    flat = torch.ones(1, 8, 8, 8)
+    transposed, resized = init_weights(UpConvNormAct(8, 4), 0.02), init_weights(ResizeConvNormAct(8, 4), 0.02)
+    with torch.no_grad():
+        t, r = transposed(flat)[..., 2:-2, 2:-2], resized(flat)[..., 2:-2, 2:-2]
+    assert t.shape == r.shape == (1, 4, 12, 12)
+    # The transposed convolution's interior repeats with period 2 in each direction, and the four
+    # phases differ: a checkerboard. Resize-convolution gives a flat map (zero after the norm).
+    assert torch.allclose(t, t.roll(2, dims=-1), atol=1e-5) and torch.allclose(t, t.roll(2, dims=-2), atol=1e-5)
+    assert t.std(dim=(-2, -1)).min() > 0.1
+    assert r.abs().max() < 1e-5
+
+
+def test_upsampling_is_a_resnet_generator_choice():
+    assert isinstance(build_model(tiny(upsample="resize"), 1, 1).G.up[0], ResizeConvNormAct)
+    assert isinstance(build_model(tiny(name="cut", upsample="resize"), 1, 1).G.up[1], ResizeConvNormAct)
+    with pytest.raises(SynthctError, match="model.upsample: only the resnet generator has it, not unet"):
+        build_model(tiny(generator="unet", unet_downs=5, upsample="resize"), 1, 1)
 
 
 @pytest.mark.parametrize("num_downs,size", [(5, 32), (6, 64)])
@@ -294,7 +330,8 @@ def test_build_model_rejects_bad_configuration():
     assert isinstance(build_model(tiny(lambda_identity=0.0), 1, 3), CycleGAN)
 
 
-@pytest.mark.parametrize("key", ["name", "generator", "gan_mode", "struct_loss", "warmup_target", "d_norm"])
+@pytest.mark.parametrize("key", ["name", "generator", "gan_mode", "struct_loss", "warmup_target", "d_norm",
+                                 "upsample"])
 def test_an_unknown_choice_is_a_clear_error_naming_the_setting(key):
     with pytest.raises(SynthctError, match=f"model.{key}: unknown value 'bogus' \\(choose "):
         build_model(tiny(**{key: "bogus"}), 1, 1)

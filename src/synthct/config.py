@@ -40,6 +40,9 @@ class ModelConfig:
     ngf: int = 64
     ndf: int = 64
     blocks: int = 9  # residual blocks of the ResNet generator (6 or 9 in the paper)
+    # How the ResNet generator upsamples: "transpose" (the paper's fractionally-strided convolution)
+    # or "resize" (nearest-neighbour resize + convolution, which leaves no checkerboard texture).
+    upsample: str = "transpose"
     unet_downs: int = 8  # U-Net depth: 8 for 256x256 slices (sizes must be multiples of 2**unet_downs)
     d_layers: int = 3  # PatchGAN depth: 3 gives the 70x70 receptive field
     # The PatchGAN's normalisation: "instance" (the reference) or "none". InstanceNorm takes each

@@ -172,6 +172,7 @@ def generator_architecture(module: torch.nn.Module, kind: str, channels: int, ng
         arch["num_downs"] = int(module.num_downs)
     else:
         arch["blocks"] = blocks
+        arch["upsample"] = module.upsample
     return arch
 
 
@@ -185,7 +186,8 @@ def build_generator_from_sidecar(meta: dict, where: Path) -> torch.nn.Module:
     try:
         return generators.build_generator(
             arch["generator"], int(arch["in_channels"]), int(arch["out_channels"]), ngf=int(arch["ngf"]),
-            n_blocks=int(arch.get("blocks", 9)), unet_downs=int(arch.get("num_downs", 8)))
+            n_blocks=int(arch.get("blocks", 9)), unet_downs=int(arch.get("num_downs", 8)),
+            upsample=str(arch.get("upsample", "transpose")))  # generators saved before the choice existed
     except (KeyError, TypeError, ValueError) as exc:
         raise SynthctError(f"sidecar architecture cannot be built ({exc})", where) from None
 

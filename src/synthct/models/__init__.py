@@ -34,6 +34,9 @@ def check_model_config(cfg: ModelConfig) -> None:
     _check_choice("struct_loss", cfg.struct_loss, ("mind", "ngf"))
     _check_choice("warmup_target", cfg.warmup_target, ("restore", "inverted"))
     _check_choice("d_norm", cfg.d_norm, ("instance", "none"))
+    _check_choice("upsample", cfg.upsample, ("transpose", "resize"))
+    if cfg.upsample != "transpose" and cfg.generator != "resnet":
+        raise SynthctError(f"model.upsample: only the resnet generator has it, not {cfg.generator}")
     for key in ("ngf", "ndf", "blocks", "d_layers", "d_scales", "unet_downs"):
         if getattr(cfg, key) < 1:
             raise SynthctError(f"model.{key}: must be at least 1, got {getattr(cfg, key)}")

@@ -62,7 +62,7 @@ class CUT(nn.Module):
         if cfg.nce_idt and in_channels != out_channels:
             raise ValueError("the identity NCE term needs MR and CT with the same number of channels, "
                              f"got {in_channels} and {out_channels}")
-        self.G = ResnetGenerator(in_channels, out_channels, ngf=cfg.ngf, n_blocks=cfg.blocks)
+        self.G = ResnetGenerator(in_channels, out_channels, ngf=cfg.ngf, n_blocks=cfg.blocks, upsample=cfg.upsample)
         self.nce_blocks = sorted({0, min(4, cfg.blocks - 1)})
         self.H = PatchSampleMLP(self.G.feature_channels(self.nce_blocks))
         self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers, norm=cfg.d_norm == "instance")

@@ -92,9 +92,9 @@ class CycleGAN(nn.Module):
         # No dropout in a U-Net here: pix2pix uses it as its noise source, CycleGAN trains without
         # (as the reference does), and the cycle loss would have to undo its noise.
         self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, cfg.unet_downs,
-                                 unet_dropout=False)
+                                 unet_dropout=False, upsample=cfg.upsample)
         self.F = build_generator(cfg.generator, out_channels, in_channels, cfg.ngf, cfg.blocks, cfg.unet_downs,
-                                 unet_dropout=False)
+                                 unet_dropout=False, upsample=cfg.upsample)
         norm = cfg.d_norm == "instance"
         self.D_ct = build_discriminator(out_channels, cfg.ndf, cfg.d_layers, norm, cfg.d_scales)
         self.D_mr = build_discriminator(in_channels, cfg.ndf, cfg.d_layers, norm, cfg.d_scales)

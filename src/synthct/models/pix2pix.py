@@ -24,7 +24,8 @@ from synthct.models.losses import GANLoss
 class Pix2Pix(nn.Module):
     def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int):
         super().__init__()
-        self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, cfg.unet_downs)
+        self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, cfg.unet_downs,
+                                 upsample=cfg.upsample)
         self.D = PatchDiscriminator(in_channels + out_channels, cfg.ndf, cfg.d_layers, norm=cfg.d_norm == "instance")
         init_weights(self.G, 0.02)
         init_weights(self.D, 0.02)
