@@ -10,7 +10,7 @@
 #   DATA=.aanlib_data ROUND=1 bash benchmarks/gpu_validation_sweep.sh    # DATA: a copy of the AANLIB folder
 # ROUND=3 swaps the ResNet generators for U-Nets, which cost less per step, so each runs the steps its
 # own CPU hour buys (median step times on the AVX2 CPU; the comment beside each); ROUND=6 likewise
-# for resize-convolution upsampling, on nine fold-seeds.
+# for resize-convolution upsampling, on nine fold-seeds; ROUND=7 gives the control 4500 steps.
 source benchmarks/gpu_setup.sh
 DATA=${DATA:-.aanlib_data}
 STEPS=${STEPS:-2700}
@@ -53,6 +53,11 @@ elif [ "$ROUND" = 6 ]; then  # resize-convolution upsampling against the transpo
     for SEED_OFFSET in 0 3 6; do
         variant control_s$SEED_OFFSET
         STEPS=2250 variant resize_s$SEED_OFFSET --set model.upsample=resize
+    done
+    SEED_OFFSET=0
+elif [ "$ROUND" = 7 ]; then  # the control with 4500 steps instead of 2700, on round 6's nine fold-seeds
+    for SEED_OFFSET in 0 3 6; do
+        STEPS=4500 variant control4500_s$SEED_OFFSET
     done
     SEED_OFFSET=0
 elif [ "$ROUND" = 4 ]; then  # body-masked translation and discriminators (the step costs the same)
