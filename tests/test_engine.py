@@ -100,7 +100,7 @@ def test_sidecar_describes_the_generator(phantoms, tmp_path):
         assert meta["format"] == "synthct-generator" and meta["version"] == 1
         assert (meta["direction"], meta["source"], meta["target"]) == (direction, source, target)
         assert meta["architecture"] == {"generator": "resnet", "in_channels": 1, "out_channels": 1,
-                                        "ngf": 4, "blocks": 2}
+                                        "ngf": 4, "blocks": 2, "upsample": "transpose"}
         assert meta["slices"] == 1 and meta["size"] == 32 and meta["axis"] == 0
         assert meta["intensity_mode"] == "hu" and meta["model"] == "cyclegan"
         assert meta["input_mapping"] and meta["output_mapping"] and meta["input_mapping"] != meta["output_mapping"]
