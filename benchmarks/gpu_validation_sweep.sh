@@ -56,6 +56,7 @@ elif [ "$ROUND" = 6 ]; then  # resize-convolution upsampling against the transpo
     done
     SEED_OFFSET=0
 elif [ "$ROUND" = 7 ]; then  # the control with 4500 steps instead of 2700, on round 6's nine fold-seeds
+    # On an H200 the nine ran at about 700 steps per minute each: give each run LIMIT_S=480 or more.
     for SEED_OFFSET in 0 3 6; do
         STEPS=4500 variant control4500_s$SEED_OFFSET
     done
