@@ -7,7 +7,7 @@ import pytest
 from synthct.cli import main
 from synthct.errors import SynthctError
 from synthct.eval.evaluate import evaluate_cases
-from synthct.eval.metrics import hu_metrics
+from synthct.eval.metrics import bone_agreement, hu_metrics
 from synthct.io.image import Volume, write_image
 
 
@@ -105,13 +105,63 @@ def test_cli_writes_outputs_and_refuses_to_overwrite(tmp_path, capsys):
     args = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["mode"] == "hu" and set(summary["metrics"]) == {"mae", "me", "psnr", "ssim"}
+    assert summary["mode"] == "hu" and set(summary["metrics"]) == {"mae", "me", "psnr", "ssim", "bone_dice",
+                                                                   "bone_invented", "bone_missed"}
+    assert summary["bone"] == {"threshold_hu": 250.0, "tolerance_mm": 2.0}
     assert summary["metrics"]["mae"]["mean"] == pytest.approx(10.0, abs=1e-3)
     before = (out / "metrics.csv").read_text()
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "metrics.csv").read_text() == before
     assert main(args + ["--overwrite"]) == 0
+
+
+def skull_case(shift_x: int = 0, blob: bool = False, x_spacing: float = 1.0):
+    """A head with a bone plate (1000 HU); the synthetic one has the plate moved by ``shift_x``
+    voxels along x and, with ``blob``, an extra bone blob 3 voxels beyond the plate in x."""
+    ct = head_ct(0, shape=(6, 32, 32))
+    ct[:, 10:22, 12:15] = 1000.0
+    sct = head_ct(1, shape=(6, 32, 32))
+    sct[:, 10:22, 12 + shift_x:15 + shift_x] = 1000.0
+    if blob:
+        sct[:, 14:18, 18:20] = 900.0  # 4 and 5 voxels from the nearest real bone (x = 14)
+    spacing = (x_spacing, 1.0, 2.0)  # (x, y, z) as Volume keeps it
+    return Volume(sct, spacing=spacing), Volume(ct, spacing=spacing)
+
+
+@pytest.mark.parametrize("x_spacing,invented", [(1.0, True), (0.3, False)])
+def test_hu_evaluation_scores_bone_placement_in_millimetres(tmp_path, x_spacing, invented):
+    sct, ct = skull_case(shift_x=1, blob=True, x_spacing=x_spacing)
+    write_image(ct, tmp_path / "ref" / "c1" / "ct.nii.gz")
+    write_image(sct, tmp_path / "pred" / "c1" / "sct.nii.gz")
+    row = evaluate_cases(tmp_path / "pred", tmp_path / "ref").rows[0]
+    mask = ct.array > -500
+    expected = bone_agreement(sct.array, ct.array, mask, 250.0, 2.0, spacing=(2.0, 1.0, x_spacing))
+    for name in ("bone_dice", "bone_invented", "bone_missed"):
+        assert row[name] == pytest.approx(expected[name])
+    plate, blob_voxels = 6 * 12 * 3, 6 * 4 * 2
+    assert row["bone_dice"] == pytest.approx(2 * 6 * 12 * 2 / (2 * plate + blob_voxels))
+    assert row["bone_missed"] == 0.0  # the real plate is 1 voxel from the synthetic one
+    # The blob lies 4-5 voxels from real bone along x: 4-5 mm is invented, 1.2-1.5 mm (0.3-mm voxels) is not.
+    assert row["bone_invented"] == pytest.approx(blob_voxels / (plate + blob_voxels) if invented else 0.0)
+
+
+def test_cases_without_bone_leave_the_shares_undefined_not_zero(tmp_path, capsys):
+    for case, sct_has_bone in (("bony", True), ("soft", False)):
+        sct, ct = skull_case()
+        if not sct_has_bone:
+            sct = sct.with_array(np.minimum(sct.array, 100.0))
+        write_image(ct, tmp_path / "ref" / case / "ct.nii.gz")
+        write_image(sct, tmp_path / "pred" / case / "sct.nii.gz")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    invented = summary["metrics"]["bone_invented"]
+    assert invented == {"mean": 0.0, "std": 0.0, "n": 1, "n_undefined": 1}
+    assert summary["metrics"]["bone_missed"]["mean"] == pytest.approx(0.5)  # all of it in "soft", none in "bony"
+    assert "1 undefined" in capsys.readouterr().out
+    rows = {r["case"]: r for r in csv.DictReader(open(out / "metrics.csv"))}
+    assert rows["soft"]["bone_invented"] == "nan" and float(rows["soft"]["bone_dice"]) == 0.0
 
 
 def test_shape_mismatch_names_the_file(tmp_path):

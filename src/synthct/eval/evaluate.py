@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from synthct.errors import SynthctError
-from synthct.eval.metrics import EIGHT_BIT_METRICS, HU_METRICS, eight_bit_metrics, head_mask_8bit, hu_metrics
+from synthct.eval.metrics import (BONE_HU, BONE_METRICS, BONE_TOLERANCE_MM, EIGHT_BIT_METRICS, HU_METRICS,
+                                  bone_agreement, eight_bit_metrics, head_mask_8bit, hu_metrics)
 from synthct.io.atomic import atomic_write_text
 from synthct.io.image import SUPPORTED_SUFFIXES, Volume, is_dicom_series_dir, read_image
 
@@ -37,6 +38,7 @@ TRANSLATE_SUFFIX = "_sct"  # synthct translate's name for a synthetic CT of <cas
 MASK_NAMES = ("mask",)
 INPUT_NAMES = ("mr",)
 OUTPUT_FILES = ("metrics.csv", "summary.json")
+HU_EVALUATION_METRICS = HU_METRICS + BONE_METRICS
 
 
 @dataclass
@@ -67,8 +69,8 @@ class EvaluationResult:
     def summary(self) -> dict:
         """Mean, sample standard deviation and count of every metric over the evaluated cases.
 
-        Non-finite values (PSNR of a perfect prediction is +inf) are left out of the statistics and
-        counted under ``n_infinite``.
+        Non-finite values are left out of the statistics and counted: under ``n_infinite`` (PSNR of
+        a perfect prediction is +inf) and ``n_undefined`` (NaN: bone shares of a case with no bone).
         """
         metrics = {}
         for name in self.metric_names:
@@ -79,12 +81,17 @@ class EvaluationResult:
                 "std": float(finite.std(ddof=1)) if finite.size > 1 else (0.0 if finite.size else None),
                 "n": int(finite.size),
             }
-            if finite.size != values.size:
-                stats["n_infinite"] = int(values.size - finite.size)
+            if np.isinf(values).any():
+                stats["n_infinite"] = int(np.isinf(values).sum())
+            if np.isnan(values).any():
+                stats["n_undefined"] = int(np.isnan(values).sum())
             metrics[name] = stats
+        header = {"mode": self.mode,
+                  "protocol": "SynthRAD2023 (HU)" if self.mode == "hu" else "8-bit pictures, head mask"}
+        if self.mode == "hu":
+            header["bone"] = {"threshold_hu": BONE_HU, "tolerance_mm": BONE_TOLERANCE_MM}
         return {
-            "mode": self.mode,
-            "protocol": "SynthRAD2023 (HU)" if self.mode == "hu" else "8-bit pictures, head mask",
+            **header,
             "n_cases": len(self.rows),
             "metrics": metrics,
             "missing": list(self.missing),
@@ -214,6 +221,10 @@ def score_case(case: CaseFiles, mode: str) -> tuple[dict, str]:
     score = eight_bit_metrics if case_mode == "8bit" else hu_metrics
     try:
         values = score(prediction.array, reference.array, mask)
+        if case_mode == "hu":
+            # Volume.spacing is (x, y, z); the arrays are (z, y, x).
+            values |= bone_agreement(prediction.array, reference.array, mask, BONE_HU, BONE_TOLERANCE_MM,
+                                     spacing=tuple(reversed(reference.spacing)))
     except SynthctError as exc:
         raise SynthctError(exc.problem, case.mask or case.reference) from None
     row = {"case": case.name, **values, "mask": mask_source,
@@ -254,7 +265,7 @@ def evaluate_cases(
     final_mode = modes.pop() if modes else ("8bit" if mode == "8bit" else "hu")
     return EvaluationResult(
         mode=final_mode,
-        metric_names=EIGHT_BIT_METRICS if final_mode == "8bit" else HU_METRICS,
+        metric_names=EIGHT_BIT_METRICS if final_mode == "8bit" else HU_EVALUATION_METRICS,
         rows=rows,
         cases=cases,
         missing=[c.name for c in cases if c.prediction is None],
@@ -307,11 +318,12 @@ def format_table(result: EvaluationResult) -> str:
     lines = [f"{summary['n_cases']} case(s), mode {result.mode}"]
     for name, stats in summary["metrics"].items():
         if stats["mean"] is None:
-            lines.append(f"  {name:<10} n/a")
+            lines.append(f"  {name:<13} n/a")
             continue
-        digits = 4 if "ssim" in name else 2
-        extra = f", {stats['n_infinite']} infinite" if "n_infinite" in stats else ""
-        lines.append(f"  {name:<10} {stats['mean']:>10.{digits}f} +- {stats['std']:<10.{digits}f} (n={stats['n']}{extra})")
+        digits = 4 if "ssim" in name or name in BONE_METRICS else 2
+        extra = "".join(f", {stats[key]} {word}" for key, word in (("n_infinite", "infinite"), ("n_undefined", "undefined"))
+                        if key in stats)
+        lines.append(f"  {name:<13} {stats['mean']:>10.{digits}f} +- {stats['std']:<10.{digits}f} (n={stats['n']}{extra})")
     if result.missing:
         lines.append(f"missing predictions: {', '.join(result.missing)}")
     if result.unmatched_predictions:

@@ -18,6 +18,11 @@ numbers are comparable with the challenge leaderboard:
 ``eight_bit_metrics`` is for 8-bit picture pairs (values 0..255), the protocol of our real-data
 experiments: whole-image and inside-the-head MAE, PSNR and SSIM, plus the median signed error
 inside the head.
+
+``bone_agreement`` asks where the bone is rather than how bright: Dice of the two bone masks, and
+the shares of bone that one image has and the other lacks beyond a tolerance. ``synthct evaluate``
+reports it for CT in HU beside the SynthRAD2023 metrics: bone is ``>= BONE_HU`` inside the mask,
+and ``BONE_TOLERANCE_MM`` absorbs the residual misregistration of real sCT/CT pairs.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ SSIM_WINDOW = 7
 SSIM_BORDER = (SSIM_WINDOW - 1) // 2
 
 HU_METRICS = ("mae", "me", "psnr", "ssim")
+BONE_METRICS = ("bone_dice", "bone_invented", "bone_missed")
+# Cortical and dense trabecular bone lie above ~250 HU, soft tissue and contrast-free organs
+# below ~100 HU: a threshold between them that does not hinge on the exact bone density.
+BONE_HU = 250.0
+BONE_TOLERANCE_MM = 2.0
 EIGHT_BIT_METRICS = ("mae", "psnr", "ssim", "head_mae", "head_psnr", "head_ssim", "head_me")
 
 
