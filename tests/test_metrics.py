@@ -153,6 +153,20 @@ def test_bone_agreement_counts_overlap_and_bone_beyond_the_tolerance():
     assert none["bone_dice"] == 0.0 and np.isnan(none["bone_invented"]) and none["bone_missed"] == 1.0
 
 
+def test_bone_agreement_is_the_same_on_a_large_canvas_with_bone_outside_the_region():
+    skull = _ring((64, 64), (32, 32), 20, 24)
+    ref = np.where(skull, 255.0, 100.0)
+    pred = np.where(_ring((64, 64), (32, 32), 0, 4) | np.roll(skull, 3, axis=0), 255.0, 100.0)
+    region = _ring((64, 64), (32, 32), 0, 26)
+    expected = bone_agreement(pred, ref, region, 200, tolerance=2)
+    # The same pictures in a 3-slice volume on a canvas four times the size, with bone around them.
+    canvas = lambda picture: np.pad(np.repeat(picture[None], 3, axis=0), ((0, 0), (40, 24), (8, 56)),
+                                    constant_values=255.0)
+    in_canvas = np.pad(np.repeat(region[None], 3, axis=0), ((0, 0), (40, 24), (8, 56)))
+    found = bone_agreement(canvas(pred), canvas(ref), in_canvas, 200, tolerance=2, spacing=(9.0, 1.0, 1.0))
+    assert found == pytest.approx(expected)
+
+
 def test_edge_strength_is_lower_for_a_blurred_image_and_needs_a_region():
     from scipy import ndimage
 

@@ -182,6 +182,16 @@ def adjacent_slice_difference(volume: np.ndarray, mask: np.ndarray | None = None
     return float(steps[pairs].mean())
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Slices of the smallest box holding every True voxel of a non-empty mask."""
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=others))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
 def bone_agreement(pred: np.ndarray, ref: np.ndarray, region: np.ndarray, threshold: float,
                    tolerance: float = 0.0, spacing: tuple[float, ...] | None = None) -> dict[str, float]:
     """How well the bone of a synthetic CT lies where the real CT's does.
@@ -196,8 +206,11 @@ def bone_agreement(pred: np.ndarray, ref: np.ndarray, region: np.ndarray, thresh
     voxel size along the array's axes ((z, y, x), or (y, x) for a picture).
     """
     pred, ref, region = _as_volumes(pred, ref, region)
-    pred_bone = (pred >= threshold) & region
-    ref_bone = (ref >= threshold) & region
+    # Only bone inside the region counts, so the distance maps need only the region's bounding box
+    # (a CT volume's full-size float64 distance map would take gigabytes).
+    box = _bounding_box(region)
+    pred_bone = (pred[box] >= threshold) & region[box]
+    ref_bone = (ref[box] >= threshold) & region[box]
     total = pred_bone.sum() + ref_bone.sum()
     dice = 2.0 * float((pred_bone & ref_bone).sum()) / float(total) if total else float("nan")
 
