@@ -164,6 +164,25 @@ def test_cases_without_bone_leave_the_shares_undefined_not_zero(tmp_path, capsys
     assert rows["soft"]["bone_invented"] == "nan" and float(rows["soft"]["bone_dice"]) == 0.0
 
 
+def test_bone_threshold_and_tolerance_are_options_recorded_in_the_summary(tmp_path, capsys):
+    sct, ct = skull_case(shift_x=1, blob=True)  # the blob is 900 HU, 4-5 mm from real bone
+    write_image(ct, tmp_path / "ref" / "c1" / "ct.nii.gz")
+    write_image(sct, tmp_path / "pred" / "c1" / "sct.nii.gz")
+    base = ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref")]
+    for name, options, invented in (("default", [], True), ("dense", ["--bone-hu", "950"], False),
+                                    ("lenient", ["--bone-tolerance-mm", "5"], False)):
+        assert main(base + ["--out", str(tmp_path / name)] + options) == 0
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert (summary["metrics"]["bone_invented"]["mean"] > 0) == invented
+    assert summary["bone"] == {"threshold_hu": 250.0, "tolerance_mm": 5.0}
+    assert json.loads((tmp_path / "dense" / "summary.json").read_text())["bone"]["threshold_hu"] == 950.0
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "bad"), "--bone-tolerance-mm", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bone tolerance must be 0 mm or more, got -1.0" in err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_shape_mismatch_names_the_file(tmp_path):
     write(head_ct(0), tmp_path / "ref" / "x.nii.gz")
     write(head_ct(0, shape=(8, 24, 20)), tmp_path / "pred" / "x.nii.gz")

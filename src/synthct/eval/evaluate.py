@@ -17,6 +17,7 @@ outlined on the reference picture).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -41,6 +42,21 @@ OUTPUT_FILES = ("metrics.csv", "summary.json")
 HU_EVALUATION_METRICS = HU_METRICS + BONE_METRICS
 
 
+@dataclass(frozen=True)
+class BoneRule:
+    """HU evaluations: what counts as bone, and how far bone of one image may lie from the other's
+    before it counts as invented or missed."""
+
+    threshold_hu: float = BONE_HU
+    tolerance_mm: float = BONE_TOLERANCE_MM
+
+    def __post_init__(self):
+        if not math.isfinite(self.threshold_hu):
+            raise SynthctError(f"the bone threshold must be a finite HU value, got {self.threshold_hu}")
+        if not (math.isfinite(self.tolerance_mm) and self.tolerance_mm >= 0):
+            raise SynthctError(f"the bone tolerance must be 0 mm or more, got {self.tolerance_mm}")
+
+
 @dataclass
 class CaseFiles:
     """The files of one case; ``prediction`` is None when the case has no prediction."""
@@ -60,6 +76,7 @@ class EvaluationResult:
     cases: list[CaseFiles] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unmatched_predictions: list[str] = field(default_factory=list)
+    bone: BoneRule = field(default_factory=BoneRule)
 
     @property
     def complete(self) -> bool:
@@ -89,7 +106,7 @@ class EvaluationResult:
         header = {"mode": self.mode,
                   "protocol": "SynthRAD2023 (HU)" if self.mode == "hu" else "8-bit pictures, head mask"}
         if self.mode == "hu":
-            header["bone"] = {"threshold_hu": BONE_HU, "tolerance_mm": BONE_TOLERANCE_MM}
+            header["bone"] = dataclasses.asdict(self.bone)
         return {
             **header,
             "n_cases": len(self.rows),
@@ -207,7 +224,7 @@ def case_mask(reference: Volume, mask_path: Path | None, mode: str) -> tuple[np.
     return np.asarray(body_mask(reference.array, "ct"), dtype=bool), "computed"
 
 
-def score_case(case: CaseFiles, mode: str) -> tuple[dict, str]:
+def score_case(case: CaseFiles, mode: str, bone: BoneRule = BoneRule()) -> tuple[dict, str]:
     """Metrics of one matched case and the mode they were computed in."""
     reference = read_image(case.reference)
     prediction = read_image(case.prediction)
@@ -223,8 +240,8 @@ def score_case(case: CaseFiles, mode: str) -> tuple[dict, str]:
         values = score(prediction.array, reference.array, mask)
         if case_mode == "hu":
             # Volume.spacing is (x, y, z); the arrays are (z, y, x).
-            values |= bone_agreement(prediction.array, reference.array, mask, BONE_HU, BONE_TOLERANCE_MM,
-                                     spacing=tuple(reversed(reference.spacing)))
+            values |= bone_agreement(prediction.array, reference.array, mask, bone.threshold_hu,
+                                     bone.tolerance_mm, spacing=tuple(reversed(reference.spacing)))
     except SynthctError as exc:
         raise SynthctError(exc.problem, case.mask or case.reference) from None
     row = {"case": case.name, **values, "mask": mask_source,
@@ -238,6 +255,7 @@ def evaluate_cases(
     mask_dir: str | Path | None = None,
     mode: str = "auto",
     input_dir: str | Path | None = None,
+    bone: BoneRule = BoneRule(),
 ) -> EvaluationResult:
     """Score every prediction against its reference.
 
@@ -253,7 +271,7 @@ def evaluate_cases(
     for case in cases:
         if case.prediction is None:
             continue
-        row, case_mode = score_case(case, mode)
+        row, case_mode = score_case(case, mode, bone)
         modes.add(case_mode)
         if len(modes) > 1:
             raise SynthctError(
@@ -270,6 +288,7 @@ def evaluate_cases(
         cases=cases,
         missing=[c.name for c in cases if c.prediction is None],
         unmatched_predictions=unmatched,
+        bone=bone,
     )
 
 
