@@ -48,8 +48,8 @@ elif [ "$ROUND" = 3 ]; then  # U-Net generators (no dropout), cheaper per step: 
     STEPS=10000 variant unet16 --set model.generator=unet --set model.ngf=16  # 0.35 s per CPU step
     STEPS=4300 variant unet32 --set model.generator=unet --set model.ngf=32   # 0.84 s per CPU step
 elif [ "$ROUND" = 6 ]; then  # resize-convolution upsampling against the transposed convolutions, nine seeds
-    # A resize-convolution step costs 1.20x a transposed one on the AVX2 CPU (median of steps 11-40,
-    # twice each: 1.12 and 1.34 s), so its CPU hour buys 2700 / 1.20 = 2250 steps.
+    # A resize-convolution step costs 1.20x a transposed one on the AVX2 CPU (median ratio of five
+    # alternating probe pairs, docs/RESULTS.md), so its CPU hour buys 2700 / 1.20 = 2250 steps.
     for SEED_OFFSET in 0 3 6; do
         variant control_s$SEED_OFFSET
         STEPS=2250 variant resize_s$SEED_OFFSET --set model.upsample=resize

@@ -118,7 +118,7 @@ def test_cli_writes_outputs_and_refuses_to_overwrite(tmp_path, capsys):
 
 def skull_case(shift_x: int = 0, blob: bool = False, x_spacing: float = 1.0):
     """A head with a bone plate (1000 HU); the synthetic one has the plate moved by ``shift_x``
-    voxels along x and, with ``blob``, an extra bone blob 3 voxels beyond the plate in x."""
+    voxels along x and, with ``blob``, an extra bone blob 4-5 voxels beyond the real plate in x."""
     ct = head_ct(0, shape=(6, 32, 32))
     ct[:, 10:22, 12:15] = 1000.0
     sct = head_ct(1, shape=(6, 32, 32))

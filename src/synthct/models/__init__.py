@@ -14,6 +14,7 @@ from synthct.models.cut import CUT
 from synthct.models.cyclegan import CycleGAN
 from synthct.models.discriminator import MultiScaleDiscriminator, PatchDiscriminator, receptive_field
 from synthct.models.generators import ResnetGenerator, UnetGenerator
+from synthct.models.layers import UPSAMPLERS
 from synthct.models.losses import GAN_MODES, GANLoss, MINDLoss, NGFLoss, PatchNCELoss
 from synthct.models.pix2pix import Pix2Pix
 from synthct.models.pool import ImagePool
@@ -34,7 +35,7 @@ def check_model_config(cfg: ModelConfig) -> None:
     _check_choice("struct_loss", cfg.struct_loss, ("mind", "ngf"))
     _check_choice("warmup_target", cfg.warmup_target, ("restore", "inverted"))
     _check_choice("d_norm", cfg.d_norm, ("instance", "none"))
-    _check_choice("upsample", cfg.upsample, ("transpose", "resize"))
+    _check_choice("upsample", cfg.upsample, tuple(UPSAMPLERS))
     if cfg.upsample != "transpose" and cfg.generator != "resnet":
         raise SynthctError(f"model.upsample: only the resnet generator has it, not {cfg.generator}")
     for key in ("ngf", "ndf", "blocks", "d_layers", "d_scales", "unet_downs"):
