@@ -63,6 +63,10 @@ class ModelConfig:
     # CycleGAN: translations are air outside their source's body mask and the discriminators judge
     # patches inside the body only (see models/cyclegan.py); inference then masks by default.
     body_masked: bool = False
+    # CycleGAN: weight of a third discriminator term that shows each discriminator the other
+    # domain's real images as fakes (D_ct learns that an MR is not a CT). A translation that keeps
+    # its source's contrast then reads as fake instead of passing; 0 = off (the paper's objective).
+    lambda_source_fake: float = 0.0
     # What the contrast warm-up (train.contrast_warmup) teaches the generators: "restore" their own
     # domain from random grey-level maps of it, or "inverted": each domain's foreground negated,
     # as a prior for the other's contrast (models/contrast.py).

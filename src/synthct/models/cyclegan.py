@@ -6,6 +6,13 @@ stacks, the discriminators judge all k, and inference keeps the centre channel.
 
 With a multi-scale discriminator (``model.d_scales`` > 1) each L_GAN is the mean over its scales.
 
+Source images as fakes (``model.lambda_source_fake`` > 0): each discriminator also learns to call
+the other domain's real images fake, L_src(D_ct) = 0.5 * L_GAN(D_ct(mr), fake) (and D_mr on ct),
+as the Domain Transfer Network's multiclass discriminator (Taigman et al. 2017) keeps a
+translation from passing for its own source. On MR -> CT the scalp's bright ring in an MR looks
+like a skull to a PatchGAN; without this term a G that keeps the MR's contrast can pass D_ct from
+the first steps, and the cycle loss then holds it there.
+
 Body-masked (``model.body_masked``): each translation is air (-1) outside its source's body mask,
 and the discriminators judge only patches inside the body (each patch weighted by its body
 fraction). A PatchGAN's small receptive field cannot tell a dark head from the black background
@@ -72,6 +79,12 @@ def discriminator_objectives(gan: GANLoss, D: nn.Module, real: Tensor, fake: Ten
                                                                    adversarial(gan, pred_fake, False, True, fake_body))]
 
 
+def source_fake_objective(gan: GANLoss, D: nn.Module, source: Tensor, body: Tensor | None = None) -> Tensor:
+    """0.5 * L_GAN(D(source), fake), averaged over D's scales: the other domain's real images
+    judged as fakes (halved like the real and fake terms)."""
+    return mean([0.5 * loss for loss in adversarial(gan, D(source), False, True, body)])
+
+
 def discriminator_objective(gan: GANLoss, D: nn.Module, real: Tensor, fake: Tensor,
                             real_body: Tensor | None = None, fake_body: Tensor | None = None) -> Tensor:
     """The discriminator objective, averaged over D's scales as in pix2pixHD."""
@@ -86,9 +99,11 @@ def new_pool_seed() -> int:
 class CycleGAN(nn.Module):
     def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int):
         super().__init__()
-        if cfg.lambda_identity > 0 and in_channels != out_channels:
-            raise ValueError("the identity loss needs MR and CT with the same number of channels, "
-                             f"got {in_channels} and {out_channels}")
+        for key, used in (("the identity loss", cfg.lambda_identity > 0),
+                          ("lambda_source_fake", cfg.lambda_source_fake > 0)):
+            if used and in_channels != out_channels:
+                raise ValueError(f"{key} needs MR and CT with the same number of channels, "
+                                 f"got {in_channels} and {out_channels}")
         # No dropout in a U-Net here: pix2pix uses it as its noise source, CycleGAN trains without
         # (as the reference does), and the cycle loss would have to undo its noise.
         self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, cfg.unet_downs,
@@ -105,6 +120,7 @@ class CycleGAN(nn.Module):
         self.lambda_cycle = cfg.lambda_cycle
         self.lambda_identity = cfg.lambda_identity
         self.lambda_struct = cfg.lambda_struct
+        self.lambda_source_fake = cfg.lambda_source_fake
         self.body_masked = cfg.body_masked
         self.warmup_target = cfg.warmup_target
         self.pool_ct = ImagePool(cfg.pool_size, seed=new_pool_seed())
@@ -200,11 +216,19 @@ class CycleGAN(nn.Module):
             losses_ct = discriminator_objectives(self.gan, self.D_ct, batch["ct"], fake_ct, ct_body, fake_ct_body)
             losses_mr = discriminator_objectives(self.gan, self.D_mr, batch["mr"], fake_mr, mr_body, fake_mr_body)
         loss_ct, loss_mr = mean(losses_ct), mean(losses_mr)
+        # D_ct and D_mr stay the real-vs-translation objectives alone, comparable with runs without
+        # the source term (the restart protocol judges them).
         terms = {"D_ct": loss_ct.detach(), "D_mr": loss_mr.detach()}
         if len(losses_ct) > 1:  # each scale's own loss, to see which scales still tell real from fake
             for name, losses in (("D_ct", losses_ct), ("D_mr", losses_mr)):
                 terms |= {f"{name}_scale{index}": loss.detach() for index, loss in enumerate(losses)}
-        return loss_ct + loss_mr, terms
+        total = loss_ct + loss_mr
+        if self.lambda_source_fake > 0:
+            source_ct = self.lambda_source_fake * source_fake_objective(self.gan, self.D_ct, batch["mr"], mr_body)
+            source_mr = self.lambda_source_fake * source_fake_objective(self.gan, self.D_mr, batch["ct"], ct_body)
+            terms |= {"D_ct_source": source_ct.detach(), "D_mr_source": source_mr.detach()}
+            total = total + source_ct + source_mr
+        return total, terms
 
     def bodies(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """(MR body, CT body) masks of the batch when body-masked, else (None, None)."""
