@@ -64,8 +64,9 @@ class ModelConfig:
     # patches inside the body only (see models/cyclegan.py); inference then masks by default.
     body_masked: bool = False
     # CycleGAN: weight of a third discriminator term that shows each discriminator the other
-    # domain's real images as fakes (D_ct learns that an MR is not a CT). A translation that keeps
-    # its source's contrast then reads as fake instead of passing; 0 = off (the paper's objective).
+    # domain's real images as fakes (D_ct learns that an MR is not a CT), meant to make a translation
+    # that keeps its source's contrast read as fake; on the real brain scans such translations still
+    # passed (docs/RESULTS.md). 0 = off (the paper's objective).
     lambda_source_fake: float = 0.0
     # What the contrast warm-up (train.contrast_warmup) teaches the generators: "restore" their own
     # domain from random grey-level maps of it, or "inverted": each domain's foreground negated,

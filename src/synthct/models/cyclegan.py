@@ -11,7 +11,8 @@ the other domain's real images fake, L_src(D_ct) = 0.5 * L_GAN(D_ct(mr), fake) (
 as the Domain Transfer Network's multiclass discriminator (Taigman et al. 2017) keeps a
 translation from passing for its own source. On MR -> CT the scalp's bright ring in an MR looks
 like a skull to a PatchGAN; without this term a G that keeps the MR's contrast can pass D_ct from
-the first steps, and the cycle loss then holds it there.
+the first steps, and the cycle loss then holds it there. (On the real brain scans it still did
+with the term: knowing an MR is not enough to reject an MR-ordered head in a CT-bright skull.)
 
 Body-masked (``model.body_masked``): each translation is air (-1) outside its source's body mask,
 and the discriminators judge only patches inside the body (each patch weighted by its body
