@@ -632,6 +632,16 @@ def discriminator_loss_window(run_dir: Path, first: int, last: int, scale: int |
     return float(np.mean([(float(r[f"D_ct{suffix}"]) + float(r[f"D_mr{suffix}"])) / 2 for r in rows]))
 
 
+def source_terms_window(run_dir: Path, first: int, last: int) -> tuple[float, float] | None:
+    """Means of D_ct_source and D_mr_source (model.lambda_source_fake) over logged steps
+    first..last; None for a run that logs no source terms."""
+    with open(Path(run_dir) / "log.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if first <= int(r["step"]) <= last and r.get("D_ct_source")]
+    if not rows:
+        return None
+    return tuple(float(np.mean([float(r[name]) for r in rows])) for name in ("D_ct_source", "D_mr_source"))
+
+
 def logged_scales(run_dir: Path) -> int:
     """How many discriminator scales a run's log.csv has losses for (1 for a single PatchGAN)."""
     with open(Path(run_dir) / "log.csv", newline="", encoding="utf-8") as fh:
@@ -792,7 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p = command("discriminators", "each run's mean LSGAN discriminator loss over a window of early steps "
-                                  "(chance is 0.25), as --restarts judges a start")
+                                  "(chance is 0.25), as --restarts judges a start; each scale's and the "
+                                  "source terms (model.lambda_source_fake) beside it where logged")
     p.add_argument("--run", type=Path, action="append", required=True, help="run folder (repeatable)")
     p.add_argument("--steps", default="51-100", metavar="FIRST-LAST", help="step window (default 51-100)")
     p = command("structure", "bone agreement, edge sharpness and cycle-QA error of runs' test translations, "
@@ -847,6 +858,9 @@ def run(args: argparse.Namespace) -> int:
             if scales > 1:
                 line += " (scales 1, 1/2, ...: " + ", ".join(
                     f"{discriminator_loss_window(run_dir, int(first), int(last), k):.3f}" for k in range(scales)) + ")"
+            source = source_terms_window(run_dir, int(first), int(last))
+            if source is not None:
+                line += f" (source terms D_ct / D_mr: {source[0]:.3f} / {source[1]:.3f})"
             print(line)
     elif args.command == "evaluate":
         name = (args.run.stem if args.run.is_file() else args.run.name) + inference_suffix(args.tta, args.mask)

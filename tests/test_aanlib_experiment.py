@@ -416,6 +416,19 @@ def test_the_discriminators_command_prints_each_runs_window_and_errs_in_one_line
         assert len(err.splitlines()) == 1 and message in err
 
 
+def test_the_discriminators_command_prints_the_source_terms_of_a_run_that_logs_them(tmp_path, capsys):
+    run = tmp_path / "src"
+    run.mkdir()
+    with open(run / "log.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "D_ct", "D_mr", "D_ct_source", "D_mr_source"])
+        writer.writerow([1, 0.3, 0.2, 0.04, 0.06])
+        writer.writerow([2, 0.2, 0.3, 0.02, 0.03])
+        writer.writerow([3, 0.9, 0.9, 0.9, 0.9])  # outside the window
+    assert exp.main(["discriminators", "--run", str(run), "--steps", "1-2"]) == 0
+    assert capsys.readouterr().out.strip() == "src: 0.250 (source terms D_ct / D_mr: 0.030 / 0.045)"
+
+
 def test_the_discriminators_command_prints_each_scale_of_a_multiscale_run(tmp_path, capsys):
     run = tmp_path / "ms"
     run.mkdir()
