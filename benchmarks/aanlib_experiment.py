@@ -617,15 +617,20 @@ def train_run(work: Path, model: str, run_dir: Path, minutes: float, overrides: 
 LSGAN_CHANCE = 0.25
 
 
-def discriminator_loss_window(run_dir: Path, first: int, last: int, scale: int | None = None) -> float:
-    """Mean of (D_ct + D_mr) / 2 over logged steps first..last of a run's log.csv; with ``scale``,
-    of that scale's losses alone (a multi-scale discriminator logs D_ct_scale0, ...)."""
+def _logged_rows(run_dir: Path, first: int, last: int, column: str) -> list[dict]:
+    """The rows of a run's log.csv for steps first..last that have a value in ``column``."""
     log = Path(run_dir) / "log.csv"
     if not log.is_file():
         raise SynthctError("no training log (log.csv) in this run folder", run_dir)
-    suffix = "" if scale is None else f"_scale{scale}"
     with open(log, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if first <= int(r["step"]) <= last and r.get(f"D_ct{suffix}")]
+        return [r for r in csv.DictReader(fh) if first <= int(r["step"]) <= last and r.get(column)]
+
+
+def discriminator_loss_window(run_dir: Path, first: int, last: int, scale: int | None = None) -> float:
+    """Mean of (D_ct + D_mr) / 2 over logged steps first..last of a run's log.csv; with ``scale``,
+    of that scale's losses alone (a multi-scale discriminator logs D_ct_scale0, ...)."""
+    suffix = "" if scale is None else f"_scale{scale}"
+    rows = _logged_rows(run_dir, first, last, f"D_ct{suffix}")
     if not rows:
         what = "discriminator losses" if scale is None else f"discriminator losses of scale {scale}"
         raise SynthctError(f"no {what} logged for steps {first}-{last}", Path(run_dir) / "log.csv")
@@ -635,8 +640,7 @@ def discriminator_loss_window(run_dir: Path, first: int, last: int, scale: int |
 def source_terms_window(run_dir: Path, first: int, last: int) -> tuple[float, float] | None:
     """Means of D_ct_source and D_mr_source (model.lambda_source_fake) over logged steps
     first..last; None for a run that logs no source terms."""
-    with open(Path(run_dir) / "log.csv", newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if first <= int(r["step"]) <= last and r.get("D_ct_source")]
+    rows = _logged_rows(run_dir, first, last, "D_ct_source")
     if not rows:
         return None
     return tuple(float(np.mean([float(r[name]) for r in rows])) for name in ("D_ct_source", "D_mr_source"))

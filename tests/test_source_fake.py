@@ -63,7 +63,7 @@ def test_the_source_term_teaches_d_ct_that_an_mr_is_not_a_ct():
     assert with_source > 0.5 and with_source > without + 0.2
 
 
-def test_a_training_run_logs_the_source_terms_beside_the_unchanged_discriminator_losses(phantoms, tmp_path):
+def test_a_training_run_logs_the_source_terms_beside_the_discriminator_losses(phantoms, tmp_path):
     cfg = tiny_config(phantoms, steps=4)
     cfg.train.log_every = 1
     cfg.model.lambda_source_fake = 1.0
