@@ -68,6 +68,10 @@ class ModelConfig:
     # that keeps its source's contrast read as fake; on the real brain scans such translations still
     # passed (docs/RESULTS.md). 0 = off (the paper's objective).
     lambda_source_fake: float = 0.0
+    # CycleGAN: standard deviation (in the [-1, 1] units of the images) of Gaussian noise added to
+    # each translation before it is translated back, so the cycle cannot be closed through
+    # low-amplitude signals hidden in a translation (Chu et al. 2017's "steganography"); 0 = off.
+    cycle_noise: float = 0.0
     # What the contrast warm-up (train.contrast_warmup) teaches the generators: "restore" their own
     # domain from random grey-level maps of it, or "inverted": each domain's foreground negated,
     # as a prior for the other's contrast (models/contrast.py).

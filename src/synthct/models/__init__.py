@@ -41,13 +41,14 @@ def check_model_config(cfg: ModelConfig) -> None:
     for key in ("ngf", "ndf", "blocks", "d_layers", "d_scales", "unet_downs"):
         if getattr(cfg, key) < 1:
             raise SynthctError(f"model.{key}: must be at least 1, got {getattr(cfg, key)}")
-    for key in ("lambda_cycle", "lambda_identity", "lambda_l1", "lambda_struct", "lambda_nce", "lambda_source_fake"):
+    for key in ("lambda_cycle", "lambda_identity", "lambda_l1", "lambda_struct", "lambda_nce", "lambda_source_fake",
+                "cycle_noise"):
         if getattr(cfg, key) < 0:
             raise SynthctError(f"model.{key}: must be 0 (off) or positive, got {getattr(cfg, key)}")
     if cfg.pool_size < 0:
         raise SynthctError(f"model.pool_size: must be 0 (off) or more, got {cfg.pool_size}")
     cyclegan_only = {"body_masked": cfg.body_masked, "d_scales": cfg.d_scales > 1,
-                     "lambda_source_fake": cfg.lambda_source_fake > 0}
+                     "lambda_source_fake": cfg.lambda_source_fake > 0, "cycle_noise": cfg.cycle_noise > 0}
     for key, used in cyclegan_only.items():
         if used and cfg.name != "cyclegan":
             raise SynthctError(f"model.{key}: only the cyclegan model has it, not {cfg.name}")

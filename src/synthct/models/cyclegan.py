@@ -14,6 +14,14 @@ like a skull to a PatchGAN; without this term a G that keeps the MR's contrast c
 the first steps, and the cycle loss then holds it there. (On the real brain scans it still did
 with the term: knowing an MR is not enough to reject an MR-ordered head in a CT-bright skull.)
 
+Noise in the cycle (``model.cycle_noise`` = sigma > 0): L_cyc = |F(G(mr) + n) - mr|_1 +
+|G(F(ct) + n') - ct|_1 with n, n' ~ N(0, sigma^2) per pixel; the discriminators see the
+translations without noise. A CycleGAN can close its cycle through low-amplitude signals that a
+discriminator ignores (Chu et al. 2017, "CycleGAN, a master of steganography"); on the real brain
+scans many hours spent their first half with the brain rendered near-black while the cycle still
+returned the MR. Noise of a few grey levels erases such a code, so a translation has to carry its
+source's anatomy in visible contrast (Bashkirova et al. 2019 use noise against the same effect).
+
 Body-masked (``model.body_masked``): each translation is air (-1) outside its source's body mask,
 and the discriminators judge only patches inside the body (each patch weighted by its body
 fraction). A PatchGAN's small receptive field cannot tell a dark head from the black background
@@ -122,6 +130,7 @@ class CycleGAN(nn.Module):
         self.lambda_identity = cfg.lambda_identity
         self.lambda_struct = cfg.lambda_struct
         self.lambda_source_fake = cfg.lambda_source_fake
+        self.cycle_noise = cfg.cycle_noise
         self.body_masked = cfg.body_masked
         self.warmup_target = cfg.warmup_target
         self.pool_ct = ImagePool(cfg.pool_size, seed=new_pool_seed())
@@ -150,13 +159,13 @@ class CycleGAN(nn.Module):
         if identity:
             fake_ct, idt_ct = batched(self.G, real_mr, real_ct)
             fake_ct, idt_ct = in_body(fake_ct, mr_body), in_body(idt_ct, ct_body)
-            fake_mr, idt_mr, rec_mr = batched(self.F, real_ct, real_mr, fake_ct)
+            fake_mr, idt_mr, rec_mr = batched(self.F, real_ct, real_mr, self.noisy(fake_ct))
             idt_mr = in_body(idt_mr, mr_body)
         else:
             fake_ct = in_body(self.G(real_mr), mr_body)
-            fake_mr, rec_mr = batched(self.F, real_ct, fake_ct)
+            fake_mr, rec_mr = batched(self.F, real_ct, self.noisy(fake_ct))
         fake_mr, rec_mr = in_body(fake_mr, ct_body), in_body(rec_mr, mr_body)
-        rec_ct = in_body(self.G(fake_mr), ct_body)
+        rec_ct = in_body(self.G(self.noisy(fake_mr)), ct_body)
         pred_ct, pred_mr = self.D_ct(fake_ct), self.D_mr(fake_mr)
 
         lam = self.lambda_cycle
@@ -177,6 +186,12 @@ class CycleGAN(nn.Module):
         cache = {"fake_ct": fake_ct.detach(), "fake_mr": fake_mr.detach(),
                  "rec_mr": rec_mr.detach(), "rec_ct": rec_ct.detach(), "mr_body": mr_body, "ct_body": ct_body}
         return total, {name: value.detach() for name, value in terms.items()}, cache
+
+    def noisy(self, translation: Tensor) -> Tensor:
+        """The translation as the cycle sees it: with model.cycle_noise, plus Gaussian noise."""
+        if self.cycle_noise == 0:
+            return translation
+        return translation + self.cycle_noise * torch.randn_like(translation)
 
     def warmup_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """The contrast warm-up before the adversarial game (train.contrast_warmup), one of
