@@ -439,3 +439,40 @@ def test_the_discriminators_command_prints_each_scale_of_a_multiscale_run(tmp_pa
         writer.writerow([2, 0.1, 0.1, 0.14, 0.06, 0.2, 0.0])
     assert exp.main(["discriminators", "--run", str(run), "--steps", "1-2"]) == 0
     assert capsys.readouterr().out.strip() == "ms: 0.175 (scales 1, 1/2, ...: 0.220, 0.130)"
+
+
+def test_cycle_code_measures_the_mr_cycle_error_of_each_snapshot_under_noise(work, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert exp.train_run(work, "cyclegan", run, minutes=5.0, overrides=[
+        "data.size=32", "model.ngf=4", "model.ndf=4", "model.blocks=1", "model.pool_size=2",
+        "train.steps=2", "train.epochs=null", "train.precision=fp32", "train.sample_every=0",
+        "train.checkpoint_every=0", "train.threads=1"]) == 0
+    found = exp.cycle_code(work, run, (0.0, 0.5), slices=3)
+    train_mr = sorted((work / "train_mr").glob("*.png"))[:3]
+    assert found["slices"] == [path.name for path in train_mr]  # training MRs only
+    assert [point["step"] for point in found["points"]] == [0, 2]
+    # Without noise, the final snapshot's number is the in-head |F(G(mr)) - mr| in grey levels.
+    from synthct.engine.checkpoint import load_generator
+
+    G, _ = load_generator(run, "mr2ct", device="cpu")
+    F, _ = load_generator(run, "ct2mr", device="cpu")
+    mr = np.stack([exp.read_8bit(path) for path in train_mr])
+    with torch.no_grad():
+        x = torch.from_numpy(mr / 127.5 - 1).float()[:, None]
+        fake, rec = G(x), F(G(x))
+    head = head_mask_8bit(mr)
+    final = found["points"][-1]
+    assert final["cycle_error_by_sigma"]["0.0"] == pytest.approx(
+        float(np.abs(rec[:, 0].numpy() - x[:, 0].numpy())[head].mean() * 127.5), rel=1e-5)
+    assert final["fake_ct_head_median"] == pytest.approx(float((np.median(fake[:, 0].numpy()[head]) + 1) * 127.5),
+                                                         abs=0.5)
+    assert final["cycle_error_by_sigma"]["0.5"] != pytest.approx(final["cycle_error_by_sigma"]["0.0"])
+    # The command prints a table, keeps its result and refuses to redo it or to take bad sigmas.
+    command = ["cycle-code", "--work", str(work), "--run", str(run), "--slices", "3", "--sigmas", "0,0.5"]
+    assert exp.main(command) == 0
+    assert "| 2 |" in capsys.readouterr().out
+    assert json.loads((work / "results" / "cycle_code_run.json").read_text(encoding="utf-8"))["points"] == found["points"]
+    assert exp.main(command) == 2
+    assert exp.main(["cycle-code", "--work", str(work), "--run", str(run), "--sigmas", "0,a", "--overwrite"]) == 2
+    assert "--sigmas must be comma-separated numbers, got '0,a'" in capsys.readouterr().err
+    (work / "results" / "cycle_code_run.json").unlink()

@@ -18,9 +18,10 @@ Noise in the cycle (``model.cycle_noise`` = sigma > 0): L_cyc = |F(G(mr) + n) - 
 |G(F(ct) + n') - ct|_1 with n, n' ~ N(0, sigma^2) per pixel; the discriminators see the
 translations without noise. A CycleGAN can close its cycle through low-amplitude signals that a
 discriminator ignores (Chu et al. 2017, "CycleGAN, a master of steganography"); on the real brain
-scans many hours spent their first half with the brain rendered near-black while the cycle still
-returned the MR. Noise of a few grey levels erases such a code, so a translation has to carry its
-source's anatomy in visible contrast (Bashkirova et al. 2019 use noise against the same effect).
+scans an hour that kept the brain near-black closed its cycle through such a code from a few hundred
+steps on, and then the cycle loss no longer pushed G out of the dark. Noise of a few grey levels
+erases such a code, so a translation has to carry its source's anatomy in visible contrast
+(Bashkirova et al. 2019 use noise against the same effect).
 
 Body-masked (``model.body_masked``): each translation is air (-1) outside its source's body mask,
 and the discriminators judge only patches inside the body (each patch weighted by its body
