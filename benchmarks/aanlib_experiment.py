@@ -534,30 +534,32 @@ def cycle_code(work: Path, run_dir: Path, sigmas: tuple[float, ...], slices: int
     G(mr). Training images only; nothing of the test split is used."""
     import torch
 
+    from synthct.data.intensity import EightBit
     from synthct.engine.checkpoint import load_generator
 
     paths = sorted((Path(work) / "train_mr").glob("*.png"))[:slices]
     if not paths:
         raise SynthctError("no training MR slices; run prepare", Path(work) / "train_mr")
+    grey = EightBit()
     mr = np.stack([read_8bit(path) for path in paths])
-    head = torch.from_numpy(head_mask_8bit(mr))[:, None]
-    mr = torch.from_numpy(mr / 127.5 - 1).float()[:, None]
+    head = head_mask_8bit(mr)
+    mr_input = torch.from_numpy(grey.forward(mr))[:, None]
     points = []
     for step, g_weights in find_snapshots(run_dir):
         f_weights = g_weights.with_name(g_weights.name.replace("mr2ct", "ct2mr"))
         if not f_weights.is_file():
             raise SynthctError("no CT->MR generator beside this MR->CT one", g_weights)
-        G, _ = load_generator(g_weights, "mr2ct", device="cpu")
-        F, _ = load_generator(f_weights, "ct2mr", device="cpu")
+        G = load_generator(g_weights, "mr2ct", device="cpu")[0].eval()
+        F = load_generator(f_weights, "ct2mr", device="cpu")[0].eval()
         generator = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
-            fake_ct = torch.cat([G.eval()(batch) for batch in mr.split(8)])
+            fake_ct = torch.cat([G(batch) for batch in mr_input.split(8)])
             errors = {}
             for sigma in sigmas:
                 noisy = fake_ct + sigma * torch.randn(fake_ct.shape, generator=generator)
-                rec = torch.cat([F.eval()(batch) for batch in noisy.split(8)])
-                errors[str(sigma)] = float((rec - mr).abs()[head].mean() * 127.5)
-        points.append({"step": step, "fake_ct_head_median": float((fake_ct[head].median() + 1) * 127.5),
+                rec = torch.cat([F(batch) for batch in noisy.split(8)])
+                errors[str(sigma)] = float(np.abs(grey.inverse(rec[:, 0].numpy()) - mr)[head].mean())
+        points.append({"step": step, "fake_ct_head_median": float(np.median(grey.inverse(fake_ct[:, 0].numpy())[head])),
                        "cycle_error_by_sigma": errors})
     return {"run": str(run_dir), "slices": [path.name for path in paths], "sigmas": list(sigmas), "points": points}
 
