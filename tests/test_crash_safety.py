@@ -48,9 +48,56 @@ def newest_complete_step(checkpoints: Path) -> int | None:
 
 # --------------------------------------------------------------------------- SIGKILL loop
 
+KILL_MODES = ("at a random moment", "inside a checkpoint file's write", "before a checkpoint rename")
+
+
+def _die_at_checkpoint_io(mode: str, nth: int, checkpoints: Path) -> None:
+    """Fault injection in a training child: SIGKILL itself at its ``nth`` checkpoint write (after
+    half the file is on disk, at the fsync that would make it durable) or just before its ``nth``
+    checkpoint rename. Where a kill lands is certain, whatever the machine's speed."""
+    folder = os.path.realpath(checkpoints)
+    count = 0
+
+    def due(path) -> bool:
+        nonlocal count
+        if os.path.dirname(os.path.realpath(path)) != folder:
+            return False
+        count += 1
+        return count == nth
+
+    if mode == "inside a checkpoint file's write":
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if due(path):
+                os.truncate(path, os.path.getsize(path) // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_fsync(fd)
+
+        os.fsync = fsync
+    elif mode == "before a checkpoint rename":
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if due(dst):
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_replace(src, dst)
+
+        os.replace = replace
+
+
+def _wait_until_training(checkpoints: Path, log: Path, first: bool, deadline: float) -> None:
+    """Until the first checkpoint exists, or the resume line is logged (a hang guard, not a timing)."""
+    while time.monotonic() < deadline and not (
+            (checkpoints / "state.json").is_file() if first else RESUMED_AT.search(log.read_text())):
+        time.sleep(0.005)
+
 
 def _kill_loop(data: Path, run: Path, kills: int, seed: int) -> list[dict]:
-    """Train, SIGKILL, resume, SIGKILL, ... then resume to the end; one record per process."""
+    """Train, SIGKILL, resume, SIGKILL, ... then resume to the end; one record per process.
+    Round 0 and every third round are killed by the parent at a random moment; the others kill
+    themselves inside a checkpoint write or before one of its renames (fault injection)."""
     import random
 
     import torch  # noqa: F401 - imported before forking, so every child starts training at once
@@ -70,7 +117,10 @@ def _kill_loop(data: Path, run: Path, kills: int, seed: int) -> list[dict]:
             args = ["train", "--resume", str(run), "--set", "train.threads=1"]
             if final:
                 args += ["--steps", str(expected + 3)]
-        before = set(os.listdir(checkpoints)) if checkpoints.is_dir() else set()
+        mode = "to the end" if final else KILL_MODES[0 if round_ % 3 == 0 else round_ % 3]
+        # Two files per checkpoint: from the third file on, the child has completed a checkpoint
+        # in this round first, so training moves on between kills.
+        nth = rng.randint(3, 8)
         log = run.parent / f"round{round_}.log"
         log.write_text("")
         pid = os.fork()
@@ -80,33 +130,17 @@ def _kill_loop(data: Path, run: Path, kills: int, seed: int) -> list[dict]:
             os.dup2(fd, 2)
             code = 1
             try:
+                _die_at_checkpoint_io(mode, nth, checkpoints)
                 code = main(args)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        mode = "to the end" if final else ("random" if round_ % 3 == 0 else
-                                            "at a write" if round_ % 3 == 1 else "just after a write began")
+        started = time.monotonic()
         try:
-            started = time.monotonic()
-            deadline = started + 60
-            if not final:
-                # Start the clock once training runs: the first checkpoint, or the resume line.
-                while time.monotonic() < deadline and not (
-                        (checkpoints / "state.json").is_file() if round_ == 0 else RESUMED_AT.search(log.read_text())):
-                    time.sleep(0.005)
-                if mode == "random":
-                    time.sleep(rng.uniform(0.0, 1.0))
-                else:
-                    # A new temporary in checkpoints/ means a checkpoint write is under way; let a
-                    # few complete first so that training moves on between kills.
-                    writes = rng.randint(1, 4)
-                    seen: set[str] = set()
-                    while time.monotonic() < deadline and len(seen) < writes:
-                        seen |= {n for n in os.listdir(checkpoints) if n.endswith(".tmp")} - before
-                        time.sleep(0.0005)
-                    if mode == "just after a write began":
-                        time.sleep(rng.uniform(0.0, 0.03))
+            if mode == KILL_MODES[0]:
+                _wait_until_training(checkpoints, log, round_ == 0, started + 300)
+                time.sleep(rng.uniform(0.0, 1.0))
                 os.kill(pid, signal.SIGKILL)
         except BaseException:
             os.kill(pid, signal.SIGKILL)  # never leave a training child behind
@@ -140,7 +174,7 @@ def test_sigkill_at_random_moments_and_mid_write_always_resumes_from_the_newest_
     run = tmp_path / "run"
     kills = 6
     proc = subprocess.run([sys.executable, __file__, str(phantoms), str(run), str(kills), "0"],
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=1200)  # a hang guard
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads(proc.stdout)
     assert len(records) == kills + 1
@@ -152,9 +186,12 @@ def test_sigkill_at_random_moments_and_mid_write_always_resumes_from_the_newest_
             assert record["resumed_at"] == record["expected"], record
     expected = [r["expected"] for r in records[1:]]
     assert expected == sorted(expected) and expected[-1] > expected[0], records
-    # Kills that landed inside a checkpoint write (a temporary or an unrotated state.next left behind).
-    mid_write = [r for r in records[:-1] if r["left_behind"]]
-    assert mid_write, records
+    # Every injected kill landed inside a checkpoint write: a half-written temporary or an
+    # unrotated state.next is left behind for the next resume to get past.
+    injected = [r for r in records[:-1] if r["mode"] in KILL_MODES[1:]]
+    assert {r["mode"] for r in injected} == set(KILL_MODES[1:]), records
+    for record in injected:
+        assert record["left_behind"], record
     final = records[-1]
     assert final["exit"] == 0 and final["resumed_at"] == final["expected"], final
     state, which = load_state(run / "checkpoints")

@@ -9,17 +9,19 @@ from synthct.demo import DemoSettings, run_demo
 from synthct.errors import SynthctError
 
 SMALL = dict(size=48, depth=16, spacing=(4.0, 4.0, 6.0), ngf=16, ndf=16, blocks=3, train_cases=4)
+STEPS = 150
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    # The outcome depends on the precision, so it is fixed (the budget is counted in steps).
     out = tmp_path_factory.mktemp("demo")
-    return out, run_demo(out, DemoSettings(minutes=0.6, **SMALL), log=lambda *_: None)
+    return out, run_demo(out, DemoSettings(steps=STEPS, precision="fp32", **SMALL), log=lambda *_: None)
 
 
 def test_demo_training_beats_the_untrained_model(demo):
     out, result = demo
-    assert result.steps > 10
+    assert result.steps == STEPS
     assert result.mae_trained < 0.6 * result.mae_untrained
 
 
@@ -42,8 +44,8 @@ def test_demo_trains_on_unpaired_cases_and_writes_everything(demo):
 def test_demo_refuses_to_clear_a_foreign_folder(tmp_path, capsys):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(SynthctError, match="not empty"):
-        run_demo(tmp_path, DemoSettings(minutes=0.1, **SMALL))
-    assert main(["demo", "--out", str(tmp_path), "--overwrite", "--minutes", "0.1"]) == 2
+        run_demo(tmp_path, DemoSettings(steps=2, **SMALL))
+    assert main(["demo", "--out", str(tmp_path), "--overwrite", "--steps", "2"]) == 2
     assert "did not create" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
@@ -51,7 +53,7 @@ def test_demo_refuses_to_clear_a_foreign_folder(tmp_path, capsys):
 def test_demo_out_naming_a_file_is_a_one_line_error(tmp_path, capsys):
     target = tmp_path / "results.txt"
     target.write_text("keep me")
-    assert main(["demo", "--out", str(target), "--minutes", "0.1"]) == 2
+    assert main(["demo", "--out", str(target), "--steps", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"synthct: error: {target}: exists and is not a folder"]
     assert target.read_text() == "keep me"

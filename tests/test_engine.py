@@ -313,6 +313,7 @@ def test_bad_progressive_settings_are_clear_errors(phantoms, tmp_path, coarse, u
 
 
 def test_precision_choice_follows_the_hardware(monkeypatch):
+    monkeypatch.delenv("SYNTHCT_PRECISION", raising=False)
     cpu = torch.device("cpu")
     monkeypatch.setattr(trainer_module, "resolve_precision", resolve_precision)
     from synthct.engine import precision as precision_module

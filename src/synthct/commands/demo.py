@@ -7,7 +7,8 @@ HELP = "run the whole job on built-in phantoms: train, translate, evaluate, repo
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="demo_out", help="folder for everything the demo makes (default demo_out)")
-    parser.add_argument("--minutes", type=float, default=4.0, help="training budget in minutes (default 4)")
+    parser.add_argument("--steps", type=int, default=400,
+                        help="training budget in optimisation steps (default 400: under 5 minutes in all on 2 cores)")
     parser.add_argument("--size", type=int, default=96, help="phantom slice size = training size (default 96)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
@@ -19,9 +20,9 @@ def run(args) -> int:
     from synthct.demo import DemoSettings, run_demo
     from synthct.errors import SynthctError
 
-    if args.minutes <= 0:
-        raise SynthctError(f"--minutes must be positive, got {args.minutes}")
-    settings = DemoSettings(minutes=args.minutes, size=args.size, seed=args.seed, device=args.device,
+    if args.steps < 1:
+        raise SynthctError(f"--steps must be at least 1, got {args.steps}")
+    settings = DemoSettings(steps=args.steps, size=args.size, seed=args.seed, device=args.device,
                             precision=args.precision)
     run_demo(args.out, settings, overwrite=args.overwrite)
     return 0

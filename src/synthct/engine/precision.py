@@ -1,8 +1,13 @@
 """Choose the compute precision from the hardware: bf16 autocast where the chip does bf16 fast,
-fp32 elsewhere; fp16 (CUDA only) always comes with a GradScaler."""
+fp32 elsewhere; fp16 (CUDA only) always comes with a GradScaler.
+
+``SYNTHCT_PRECISION=fp32|bf16|auto`` in the environment replaces the automatic choice (what
+``--precision auto``, the default, means) for training and translation alike, so a script or a
+test suite can run the same way on every CPU; an explicit ``--precision`` still wins."""
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -11,6 +16,8 @@ import torch
 from synthct.errors import SynthctError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_ENV = "SYNTHCT_PRECISION"
+ENV_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cpu_bf16_support() -> str | None:
@@ -70,6 +77,13 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
         raise SynthctError("fp16 needs a CUDA GPU; use --precision bf16 or fp32 on CPU")
     if requested != "auto":
         return Precision(requested, kind, "requested")
+    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if forced and forced not in ENV_PRECISIONS:
+        raise SynthctError(f"{PRECISION_ENV}={os.environ[PRECISION_ENV]!r} is not a precision "
+                           f"(use {', '.join(ENV_PRECISIONS)})")
+    if forced in ("fp32", "bf16"):
+        # bf16 autocast runs on any x86 CPU; without AMX or AVX512-BF16 it is only slower.
+        return Precision(forced, kind, f"{PRECISION_ENV}={forced}")
     if kind == "cuda":
         if torch.cuda.is_bf16_supported():
             return Precision("bf16", kind, "GPU supports bf16")

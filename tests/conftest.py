@@ -1,0 +1,10 @@
+"""Suite-wide settings that make every test run the same way on every CPU.
+
+The automatic precision is bf16 on CPUs with AMX or AVX512-BF16 and fp32 on the others, so the
+suite fixes it: fp32 unless ``SYNTHCT_PRECISION`` asks for another (``SYNTHCT_PRECISION=bf16 make
+test`` runs every test that does not pin its own precision in bf16). Subprocesses inherit it.
+"""
+
+import os
+
+os.environ.setdefault("SYNTHCT_PRECISION", "fp32")
