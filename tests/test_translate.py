@@ -17,7 +17,8 @@ from synthct.data.intensity import CTWindow, MRPercentile
 from synthct.data.phantom import make_phantom
 from synthct.engine.checkpoint import generator_architecture, save_generator
 from synthct.errors import SynthctError
-from synthct.io.image import Volume, read_image, write_image
+from synthct.io.image import read_image, write_image
+from synthct.io.volume import Volume
 from synthct.models.generators import build_generator
 from synthct.translate.translator import TorchRunner, Translator, raised_cosine_ramp
 

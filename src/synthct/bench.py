@@ -257,7 +257,8 @@ def bench_inference(generator_path: Path, settings: Settings, precision: str,
 
 
 def write_test_volume(path: Path, shape: tuple[int, int, int]) -> None:
-    from synthct.io.image import Volume, write_image
+    from synthct.io.image import write_image
+    from synthct.io.volume import Volume
 
     z, y, x = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij")
     head = (z ** 2 / 1.2 + y ** 2 + x ** 2 / 0.8) < 0.7

@@ -55,18 +55,12 @@ def add_arguments(parser) -> None:
 
 
 def input_stem(path: Path) -> str:
-    from synthct.io.image import SUPPORTED_SUFFIXES
-
-    name = path.resolve().name if path.is_dir() else path.name
-    if path.is_file():
-        lower = name.lower()
-        for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
-            if lower.endswith(suffix):
-                name = name[: -len(suffix)]
-                break
+    from synthct.io.formats import image_stem
     from synthct.io.names import safe_name
 
-    return safe_name(name, "input")
+    if path.is_dir():
+        return safe_name(path.resolve().name, "input")
+    return safe_name(image_stem(path.name) if path.is_file() else path.name, "input")
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:

@@ -213,7 +213,8 @@ def write_phantoms(n: int, out_dir, seed: int = 0, size=(128, 128, 64), overwrit
     Case ``i`` uses seed ``seed + i``. Returns the case folders.
     """
     from synthct.io.atomic import atomic_write_text
-    from synthct.io.image import Volume, write_image
+    from synthct.io.image import write_image
+    from synthct.io.volume import Volume
 
     if n < 1:
         raise SynthctError(f"--n must be at least 1, got {n}")

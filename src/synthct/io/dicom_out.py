@@ -29,7 +29,7 @@ import numpy as np
 
 from synthct import __version__
 from synthct.errors import SynthctError
-from synthct.io.image import Volume
+from synthct.io.volume import Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 DEFAULT_DESCRIPTION = "synthetic CT (synthct, MR-derived)"
