@@ -113,7 +113,8 @@ def run(args) -> int:
 
     from synthct.errors import SynthctError
     from synthct.io.image import output_suffix, read_image
-    from synthct.translate.translator import QAResult, Translator, read_mask
+    from synthct.translate.qa import QAResult
+    from synthct.translate.translator import Translator, read_mask
 
     if not args.model and not args.onnx:
         raise SynthctError("give the model: --model RUN_DIR|WEIGHTS or --onnx FILE")
