@@ -429,13 +429,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synthct.io.atomic import atomic_write_text
+    from synthct.io.atomic import atomic_write_text, refuse_existing
 
     if args.threads < 0:
         raise SynthctError(f"--threads must be 0 (torch's default) or more, got {args.threads}")
-    for target in (args.json, args.markdown):
-        if target and Path(target).exists() and not args.overwrite:
-            raise SynthctError("already exists; pass --overwrite to replace it", target)
+    refuse_existing([target for target in (args.json, args.markdown) if target], args.overwrite)
     report = run_benchmarks(settings_from_args(args), log=lambda line: print(line, file=sys.stderr, flush=True))
     table = report.markdown()
     print(table)

@@ -101,11 +101,11 @@ def _plan_outputs(inputs: list[Path], tag: str) -> list[tuple[Path, str, str]]:
 
 def _check_writable(path: Path, inputs: set[Path], overwrite: bool) -> None:
     from synthct.errors import SynthctError
+    from synthct.io.atomic import refuse_existing
 
     if path.resolve() in inputs:
         raise SynthctError("output would replace an input; choose another --out", path)
-    if path.exists() and not overwrite:
-        raise SynthctError("already exists; pass --overwrite to replace it", path)
+    refuse_existing([path], overwrite)
 
 
 def run(args) -> int:

@@ -267,7 +267,7 @@ def write_phantoms(n: int, out_dir, seed: int = 0, size=(128, 128, 64), overwrit
 
     Case ``i`` uses seed ``seed + i``. Returns the case folders.
     """
-    from synthct.io.atomic import atomic_write_text
+    from synthct.io.atomic import atomic_write_text, refuse_existing
     from synthct.io.image import write_image
     from synthct.io.volume import Volume
 
@@ -277,11 +277,8 @@ def write_phantoms(n: int, out_dir, seed: int = 0, size=(128, 128, 64), overwrit
     if out_dir.exists() and not out_dir.is_dir():
         raise SynthctError("exists and is not a folder", out_dir)
     cases = [out_dir / f"phantom_{i:03d}" for i in range(n)]
-    if not overwrite:
-        planned = [case / name for case in cases for name in ("mr.nii.gz", "ct.nii.gz", "mask.nii.gz")]
-        for path in planned + [out_dir / "README.txt"]:
-            if path.exists():
-                raise SynthctError("already exists; pass --overwrite to replace it", path)
+    planned = [case / name for case in cases for name in ("mr.nii.gz", "ct.nii.gz", "mask.nii.gz")]
+    refuse_existing(planned + [out_dir / "README.txt"], overwrite)
     spacing = tuple(float(s) for s in spacing)
     for i, case in enumerate(cases):
         mr, ct, mask = make_phantom(seed + i, size, contrast, spacing)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from synthct.errors import SynthctError
-from synthct.io.atomic import atomic_write_bytes, atomic_write_text
+from synthct.io.atomic import atomic_write_bytes, atomic_write_text, refuse_existing
 
 # (label, width, level) in HU; the first is the default view.
 HU_PRESETS = (("soft tissue", 400, 40), ("brain", 80, 40), ("bone", 2000, 500), ("full", 4024, 988))
@@ -220,14 +220,6 @@ def _error_lut() -> list[str]:
     return ["%02x%02x%02x" % tuple(c) for c in colours]
 
 
-def _check_free(paths: list[Path], overwrite: bool) -> None:
-    if overwrite:
-        return
-    for path in paths:
-        if path.exists():
-            raise SynthctError("already exists; pass --overwrite to replace it", path)
-
-
 def write_report(
     out_html: str | Path,
     cases: list[ReportCase],
@@ -253,7 +245,7 @@ def write_report(
     figure_paths = {case.name: figures_dir / f"{case.name}.png" for case in cases}
     loss_path = figures_dir / "loss.png"
     run_dir = Path(run_dir) if run_dir is not None else None
-    _check_free([out_html, *figure_paths.values(), *([loss_path] if run_dir else [])], overwrite)
+    refuse_existing([out_html, *figure_paths.values(), *([loss_path] if run_dir else [])], overwrite)
 
     notes = [note] if note else []
     if any(case.name.lower().startswith("phantom") for case in cases):

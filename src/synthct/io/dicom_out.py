@@ -29,6 +29,7 @@ import numpy as np
 
 from synthct import __version__
 from synthct.errors import SynthctError
+from synthct.io.atomic import refuse_existing
 from synthct.io.volume import Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -164,8 +165,7 @@ def write_ct_series(vol_hu: Volume, out_dir: str | Path, source: Volume | None =
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise SynthctError("already exists; pass --overwrite to replace it", out_dir)
+    refuse_existing([out_dir], overwrite)
     if out_dir.exists() and not out_dir.is_dir():
         raise SynthctError("exists and is not a folder", out_dir)
     now = _dt.datetime.now()

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from synthct.errors import SynthctError
+from synthct.io.atomic import refuse_existing
 from synthct.io.dicom_series import is_dicom_file, is_dicom_series_dir, read_dicom_file, read_dicom_series
 from synthct.io.formats import DICOM_SUFFIXES, FORMAT_NAMES, SUPPORTED_SUFFIXES, WRITABLE_SUFFIXES, file_suffix
 from synthct.io.sitk_reader import brief_error, check_size, read_with_sitk
@@ -123,8 +124,7 @@ def write_image(vol: Volume, path: str | Path, dtype: str | np.dtype | None = No
     suffix = file_suffix(path)
     if suffix not in WRITABLE_SUFFIXES:
         raise SynthctError(f"cannot write format '{suffix}' (use one of {', '.join(WRITABLE_SUFFIXES)})", path)
-    if path.exists() and not overwrite:
-        raise SynthctError("already exists; pass --overwrite to replace it", path)
+    refuse_existing([path], overwrite)
     array = vol.array
     if dtype is None and suffix == ".png":
         dtype = "uint8"
