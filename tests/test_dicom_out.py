@@ -18,7 +18,8 @@ from synthct.data.intensity import CTWindow, MRPercentile
 from synthct.engine.checkpoint import generator_architecture, save_generator
 from synthct.errors import SynthctError
 from synthct.io.dicom_out import CT_IMAGE_STORAGE, write_ct_series
-from synthct.io.image import Volume, read_image
+from synthct.io.image import read_image
+from synthct.io.volume import Volume
 from synthct.models.generators import build_generator
 
 OBLIQUE = tuple(sitk.VersorRigid3DTransform((0.1, -0.2, 0.3, 0.927)).GetMatrix())

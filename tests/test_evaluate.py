@@ -8,7 +8,8 @@ from synthct.cli import main
 from synthct.errors import SynthctError
 from synthct.eval.evaluate import evaluate_cases
 from synthct.eval.metrics import bone_agreement, hu_metrics
-from synthct.io.image import Volume, write_image
+from synthct.io.image import write_image
+from synthct.io.volume import Volume
 
 
 def head_ct(seed: int, shape=(8, 24, 24)) -> np.ndarray:

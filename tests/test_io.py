@@ -12,7 +12,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from synthct.cli import main
 from synthct.errors import SynthctError
-from synthct.io.image import Volume, list_images, read_image, write_image
+from synthct.io.image import list_images, read_image, write_image
+from synthct.io.volume import Volume
 
 OBLIQUE = tuple(sitk.VersorRigid3DTransform((0.1, -0.2, 0.3, 0.927)).GetMatrix())
 

@@ -4,7 +4,8 @@ import pytest
 from synthct.config import DataConfig
 from synthct.data.layouts import collect_sources, detect_layout
 from synthct.errors import SynthctError
-from synthct.io.image import Volume, write_image
+from synthct.io.image import write_image
+from synthct.io.volume import Volume
 
 
 def vol(shape=(3, 8, 8), spacing=(1.0, 1.0, 2.0), value=0.0):

@@ -8,7 +8,8 @@ import pytest
 from synthct.cli import main
 from synthct.errors import SynthctError
 from synthct.eval.report import ReportCase, write_report
-from synthct.io.image import Volume, write_image
+from synthct.io.image import write_image
+from synthct.io.volume import Volume
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from synthct.cli import main
-from synthct.io.image import Volume, write_image
+from synthct.io.image import write_image
+from synthct.io.volume import Volume
 from synthct.io.names import MAX_NAME_LENGTH, safe_name
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "synthct"

@@ -7,7 +7,8 @@ from synthct.config import DataConfig
 from synthct.data.layouts import Sources
 from synthct.data.slices import SliceDataset, fit_layout
 from synthct.errors import SynthctError
-from synthct.io.image import Volume, write_image
+from synthct.io.image import write_image
+from synthct.io.volume import Volume
 
 
 def ct_volume(z=5, y=12, x=16):

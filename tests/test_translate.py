@@ -17,9 +17,11 @@ from synthct.data.intensity import CTWindow, MRPercentile
 from synthct.data.phantom import make_phantom
 from synthct.engine.checkpoint import generator_architecture, save_generator
 from synthct.errors import SynthctError
-from synthct.io.image import Volume, read_image, write_image
+from synthct.io.image import read_image, write_image
+from synthct.io.volume import Volume
 from synthct.models.generators import build_generator
-from synthct.translate.translator import TorchRunner, Translator, raised_cosine_ramp
+from synthct.translate.tiling import raised_cosine_ramp
+from synthct.translate.translator import TorchRunner, Translator
 
 OBLIQUE = tuple(sitk.VersorRigid3DTransform((0.1, -0.2, 0.3, 0.927)).GetMatrix())
 MAPPINGS = {"ct": CTWindow().to_dict(), "mr": MRPercentile(lo=0.0, hi=1000.0).to_dict()}

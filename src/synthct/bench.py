@@ -14,12 +14,9 @@ import argparse
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ import numpy as np
 import torch
 
 from synthct.errors import SynthctError
+from synthct.measure import count_flops, cpu_model, floor_seconds, load_average, matmul_rate, median_seconds
 
 SECTIONS = ("train", "inference", "volume", "memory", "data", "quality")
 
@@ -119,72 +117,6 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3f}"
 
 
-# ---------------------------------------------------------------------- measuring
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """Measured dense matmul rate in TFLOP/s (2 n^3 FLOPs per product); the fastest of
-    ``repeats`` products, since the rate is the machine's limit, not a typical value."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / min(times) / 1e12
-
-
-def floor_seconds(flops: int, rate_tflops: float) -> float:
-    return flops / (rate_tflops * 1e12)
-
-
-def load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # ---------------------------------------------------------------------- workloads
 
 
@@ -257,7 +189,8 @@ def bench_inference(generator_path: Path, settings: Settings, precision: str,
 
 
 def write_test_volume(path: Path, shape: tuple[int, int, int]) -> None:
-    from synthct.io.image import Volume, write_image
+    from synthct.io.image import write_image
+    from synthct.io.volume import Volume
 
     z, y, x = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij")
     head = (z ** 2 / 1.2 + y ** 2 + x ** 2 / 0.8) < 0.7
@@ -282,23 +215,13 @@ def bench_volume(generator_path: Path, volume_path: Path, out_dir: Path, setting
     return median_seconds(once, device, settings.volume_repeats, warmup=0)
 
 
-def peak_rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def train_peak_memory_mib(size: int, ngf: int, blocks: int, precision: str, device: str, steps: int = 2) -> float:
     """Peak memory of ``steps`` training steps in a fresh process: the peak resident set on CPU
     (VmHWM, which starts afresh at exec; ru_maxrss where /proc is missing, which Linux carries
     over from the parent), the CUDA allocator's peak on a GPU (MiB)."""
     code = ("import json, torch\n"
-            "from synthct.bench import peak_rss_mib\n"
             "from synthct.bench import make_trainer, random_batch\n"
+            "from synthct.measure import peak_rss_mib\n"
             f"torch.set_num_threads({torch.get_num_threads()})\n"
             f"device = torch.device('{device}')\n"
             f"trainer, _ = make_trainer({size}, {ngf}, {blocks}, '{precision}', device)\n"
@@ -313,19 +236,24 @@ def train_peak_memory_mib(size: int, ngf: int, blocks: int, precision: str, devi
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def bench_data_seconds(folder: Path, size: int, settings: Settings) -> float:
-    """Seconds to fetch one batch through the real SliceDataset and the trainer's collate
-    (what ``train`` times as data_s) from phantom volumes of ``size`` x ``size`` pixels."""
+def phantom_slices(root: Path, volumes: int, seed: int, size: int, depth: int):
+    """The training SliceDataset (slices held in memory) of ``volumes`` phantom cases written to ``root``."""
     from synthct.config import DataConfig
     from synthct.data.layouts import collect_sources
     from synthct.data.phantom import write_phantoms
     from synthct.data.slices import SliceDataset
+
+    write_phantoms(volumes, root, seed=seed, size=(size, size, depth))
+    cfg = DataConfig(root=str(root), size=size)
+    return SliceDataset(collect_sources(cfg, split="train"), cfg, seed=0)
+
+
+def bench_data_seconds(folder: Path, size: int, settings: Settings) -> float:
+    """Seconds to fetch one batch through the real SliceDataset and the trainer's collate
+    (what ``train`` times as data_s) from phantom volumes of ``size`` x ``size`` pixels."""
     from synthct.engine.trainer import collate, epoch_order
 
-    root = folder / "phantoms"
-    write_phantoms(settings.data_volumes, root, seed=0, size=(size, size, 16))
-    cfg = DataConfig(root=str(root), size=size)
-    dataset = SliceDataset(collect_sources(cfg, split="train"), cfg, seed=0)
+    dataset = phantom_slices(folder / "phantoms", settings.data_volumes, seed=0, size=size, depth=16)
     order = epoch_order(len(dataset), 0, 0)
     position = iter(range(10 ** 9))
 
@@ -339,17 +267,11 @@ def bench_data_seconds(folder: Path, size: int, settings: Settings) -> float:
 def quality_run(precision: str, settings: Settings, device: torch.device) -> dict[str, float]:
     """A short CycleGAN training on phantom slices from a fixed seed; mean losses of the last
     half of the steps (bf16 and fp32 runs are compared on these)."""
-    from synthct.config import DataConfig
-    from synthct.data.layouts import collect_sources
-    from synthct.data.phantom import write_phantoms
-    from synthct.data.slices import SliceDataset
     from synthct.engine.trainer import collate, epoch_order
 
     size = settings.quality_size
     with tempfile.TemporaryDirectory(prefix="synthct-quality-") as tmp:
-        write_phantoms(2, Path(tmp), seed=1, size=(size, size, 12))
-        cfg = DataConfig(root=tmp, size=size)
-        dataset = SliceDataset(collect_sources(cfg, split="train"), cfg, seed=0)
+        dataset = phantom_slices(Path(tmp), 2, seed=1, size=size, depth=12)
     trainer, _ = make_trainer(size, 16, 3, precision, device, seed=0)
     history: list[dict[str, float]] = []
     for step in range(settings.quality_steps):
@@ -375,80 +297,117 @@ def run_benchmarks(settings: Settings, log: Callable[[str], None] = lambda _: No
                "torch": torch.__version__, "python": platform.python_version(), "load_before": load_average()}
     log(f"matmul rates on {machine['device']} ...")
     rates = {"fp32": matmul_rate(torch.float32, device), "bf16": matmul_rate(torch.bfloat16, device)}
-    precisions = {"fp32": "fp32", "auto": auto.name}
-    rows: list[Row] = []
-
-    def floors(flops: int) -> dict[str, float]:
-        return {"floor_fp32": floor_seconds(flops, rates["fp32"]),
-                "floor_auto": floor_seconds(flops, rates["bf16" if auto.name == "bf16" else "fp32"])}
+    table = _Table(settings, device, {"fp32": "fp32", "auto": auto.name}, rates, log)
 
     if "train" in settings.only or "data" in settings.only:
-        for size, ngf in settings.train_sizes:
-            row = Row(f"train_{size}", "s/it", note=f"ngf {ngf}, full CycleGAN step",
-                      target=TARGETS.get(f"train_{size}") if ngf == 64 else None)
-            for column, precision in precisions.items():
-                log(f"train {size}/ngf{ngf} {precision} ...")
-                seconds, flops = bench_train(size, ngf, settings, precision, device)
-                setattr(row, column, seconds)
-            vars(row).update(floors(flops))
-            rows.append(row)
-
+        table.add_train_rows()
     with tempfile.TemporaryDirectory(prefix="synthct-bench-") as tmp:
         folder = Path(tmp)
         big_ngf = max(ngf for _, ngf in settings.train_sizes)
         generator = save_benchmark_generator(folder, big_ngf, settings.blocks, settings.inference_size)
         if "inference" in settings.only:
-            size = settings.inference_size
-            row = Row(f"inference_{size}", "s/slice", target=TARGETS.get(f"inference_{size}"),
-                      note=f"ngf {big_ngf}, batch {settings.inference_batch}, translator runner")
-            for column, precision in precisions.items():
-                log(f"inference {precision} ...")
-                seconds, flops = bench_inference(generator, settings, precision, device)
-                setattr(row, column, seconds)
-            vars(row).update(floors(flops))
-            rows.append(row)
+            table.add_inference_row(generator, big_ngf)
         if "volume" in settings.only:
-            z, y, x = settings.volume_shape
-            volume_path = folder / "volume.nii.gz"
-            write_test_volume(volume_path, settings.volume_shape)
-            row = Row(f"volume_{y}x{x}x{z}", "s", target=TARGETS.get(f"volume_{y}x{x}x{z}"),
-                      note="read + translate + write NIfTI, Translator")
-            for column, precision in precisions.items():
-                log(f"volume {precision} ...")
-                setattr(row, column, bench_volume(generator, volume_path, folder, settings, precision, device))
-            per_slice = next((r for r in rows if r.name.startswith("inference")), None)
-            if per_slice is not None and settings.inference_size == y == x:
-                row.floor_fp32, row.floor_auto = per_slice.floor_fp32 * z, per_slice.floor_auto * z
-            rows.append(row)
+            table.add_volume_row(generator, folder)
         if "memory" in settings.only:
-            size, ngf = settings.train_sizes[0]
-            row = Row(f"train_peak_memory_{size}", "MiB", target=TARGETS.get(f"train_peak_memory_{size}"),
-                      note=f"ngf {ngf}, fresh process, {'CUDA peak' if device.type == 'cuda' else 'peak RSS'}")
-            for column, precision in precisions.items():
-                log(f"memory {precision} ...")
-                setattr(row, column, train_peak_memory_mib(size, ngf, settings.blocks, precision, str(device)))
-            rows.append(row)
+            table.add_memory_row()
         if "data" in settings.only:
-            size, ngf = settings.train_sizes[0]
-            log("data path ...")
-            data_seconds = bench_data_seconds(folder, size, settings)
-            train_row = next(r for r in rows if r.name == f"train_{size}")
-            row = Row("data_wait_share", "%", target=TARGETS["data_wait_share"],
-                      note=f"SliceDataset + collate {data_seconds * 1e3:.1f} ms vs the {size}/ngf{ngf} step")
-            for column in precisions:
-                step = getattr(train_row, column)
-                setattr(row, column, 100 * data_seconds / (data_seconds + step))
-            rows.append(row)
+            table.add_data_row(folder)
     if "quality" in settings.only:
-        log("quality (short phantom training, fp32 vs auto) ...")
-        results = {column: quality_run(precision, settings, device) for column, precision in precisions.items()}
-        for name in results["fp32"]:
-            rows.append(Row(f"quality_{name}", "loss", fp32=results["fp32"][name], auto=results["auto"][name],
-                            note=f"mean of last {settings.quality_steps // 2} of {settings.quality_steps} "
-                                 f"steps, {settings.quality_size}px phantoms, same seed"))
+        table.add_quality_rows()
     machine["load_after"] = load_average()
     settings_dict = asdict(settings) | {"only": list(settings.only)}
-    return Report(machine, settings_dict, rates, auto.name, auto.reason, rows)
+    return Report(machine, settings_dict, rates, auto.name, auto.reason, table.rows)
+
+
+@dataclass
+class _Table:
+    """The rows measured so far, and what measuring each one needs: the settings, the device,
+    the precision of each column and the matmul rates that FLOP floors divide by."""
+
+    settings: Settings
+    device: torch.device
+    precisions: dict[str, str]  # column -> precision
+    rates: dict[str, float]
+    log: Callable[[str], None]
+    rows: list[Row] = field(default_factory=list)
+
+    def _measure(self, row: Row, label: str, measure: Callable[[str], float]) -> None:
+        """Fill ``row``'s columns, each measured in its column's precision."""
+        for column, precision in self.precisions.items():
+            self.log(f"{label} {precision} ...")
+            setattr(row, column, measure(precision))
+        self.rows.append(row)
+
+    def _measure_with_floors(self, row: Row, label: str, measure: Callable[[str], tuple[float, int]]) -> None:
+        """As ``_measure`` for a measurement that also counts its FLOPs, and the row's FLOP floors."""
+        counted: list[int] = []
+
+        def seconds(precision: str) -> float:
+            value, flops = measure(precision)
+            counted.append(flops)
+            return value
+
+        self._measure(row, label, seconds)
+        auto_rate = self.rates["bf16" if self.precisions["auto"] == "bf16" else "fp32"]
+        row.floor_fp32 = floor_seconds(counted[-1], self.rates["fp32"])
+        row.floor_auto = floor_seconds(counted[-1], auto_rate)
+
+    def add_train_rows(self) -> None:
+        for size, ngf in self.settings.train_sizes:
+            row = Row(f"train_{size}", "s/it", note=f"ngf {ngf}, full CycleGAN step",
+                      target=TARGETS.get(f"train_{size}") if ngf == 64 else None)
+            self._measure_with_floors(row, f"train {size}/ngf{ngf}",
+                                      lambda precision: bench_train(size, ngf, self.settings, precision, self.device))
+
+    def add_inference_row(self, generator: Path, ngf: int) -> None:
+        size = self.settings.inference_size
+        row = Row(f"inference_{size}", "s/slice", target=TARGETS.get(f"inference_{size}"),
+                  note=f"ngf {ngf}, batch {self.settings.inference_batch}, translator runner")
+        self._measure_with_floors(row, "inference",
+                                  lambda precision: bench_inference(generator, self.settings, precision, self.device))
+
+    def add_volume_row(self, generator: Path, folder: Path) -> None:
+        z, y, x = self.settings.volume_shape
+        volume_path = folder / "volume.nii.gz"
+        write_test_volume(volume_path, self.settings.volume_shape)
+        row = Row(f"volume_{y}x{x}x{z}", "s", target=TARGETS.get(f"volume_{y}x{x}x{z}"),
+                  note="read + translate + write NIfTI, Translator")
+        self._measure(row, "volume", lambda precision: bench_volume(generator, volume_path, folder, self.settings,
+                                                                    precision, self.device))
+        per_slice = next((r for r in self.rows if r.name.startswith("inference")), None)
+        if per_slice is not None and self.settings.inference_size == y == x:
+            row.floor_fp32, row.floor_auto = per_slice.floor_fp32 * z, per_slice.floor_auto * z
+
+    def add_memory_row(self) -> None:
+        size, ngf = self.settings.train_sizes[0]
+        row = Row(f"train_peak_memory_{size}", "MiB", target=TARGETS.get(f"train_peak_memory_{size}"),
+                  note=f"ngf {ngf}, fresh process, {'CUDA peak' if self.device.type == 'cuda' else 'peak RSS'}")
+        self._measure(row, "memory", lambda precision: train_peak_memory_mib(size, ngf, self.settings.blocks,
+                                                                             precision, str(self.device)))
+
+    def add_data_row(self, folder: Path) -> None:
+        """The share of a training step spent waiting for data, against the first train row."""
+        size, ngf = self.settings.train_sizes[0]
+        self.log("data path ...")
+        data_seconds = bench_data_seconds(folder, size, self.settings)
+        train_row = next(r for r in self.rows if r.name == f"train_{size}")
+        row = Row("data_wait_share", "%", target=TARGETS["data_wait_share"],
+                  note=f"SliceDataset + collate {data_seconds * 1e3:.1f} ms vs the {size}/ngf{ngf} step")
+        for column in self.precisions:
+            step = getattr(train_row, column)
+            setattr(row, column, 100 * data_seconds / (data_seconds + step))
+        self.rows.append(row)
+
+    def add_quality_rows(self) -> None:
+        self.log("quality (short phantom training, fp32 vs auto) ...")
+        results = {column: quality_run(precision, self.settings, self.device)
+                   for column, precision in self.precisions.items()}
+        for name in results["fp32"]:
+            self.rows.append(Row(f"quality_{name}", "loss", fp32=results["fp32"][name], auto=results["auto"][name],
+                                 note=f"mean of last {self.settings.quality_steps // 2} of "
+                                      f"{self.settings.quality_steps} steps, {self.settings.quality_size}px "
+                                      "phantoms, same seed"))
 
 
 # ---------------------------------------------------------------------- command line
@@ -470,13 +429,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synthct.io.atomic import atomic_write_text
+    from synthct.io.atomic import atomic_write_text, refuse_existing
 
     if args.threads < 0:
         raise SynthctError(f"--threads must be 0 (torch's default) or more, got {args.threads}")
-    for target in (args.json, args.markdown):
-        if target and Path(target).exists() and not args.overwrite:
-            raise SynthctError("already exists; pass --overwrite to replace it", target)
+    refuse_existing([target for target in (args.json, args.markdown) if target], args.overwrite)
     report = run_benchmarks(settings_from_args(args), log=lambda line: print(line, file=sys.stderr, flush=True))
     table = report.markdown()
     print(table)

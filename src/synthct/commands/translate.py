@@ -55,18 +55,12 @@ def add_arguments(parser) -> None:
 
 
 def input_stem(path: Path) -> str:
-    from synthct.io.image import SUPPORTED_SUFFIXES
-
-    name = path.resolve().name if path.is_dir() else path.name
-    if path.is_file():
-        lower = name.lower()
-        for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
-            if lower.endswith(suffix):
-                name = name[: -len(suffix)]
-                break
+    from synthct.io.formats import image_stem
     from synthct.io.names import safe_name
 
-    return safe_name(name, "input")
+    if path.is_dir():
+        return safe_name(path.resolve().name, "input")
+    return safe_name(image_stem(path.name) if path.is_file() else path.name, "input")
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -107,19 +101,18 @@ def _plan_outputs(inputs: list[Path], tag: str) -> list[tuple[Path, str, str]]:
 
 def _check_writable(path: Path, inputs: set[Path], overwrite: bool) -> None:
     from synthct.errors import SynthctError
+    from synthct.io.atomic import refuse_existing
 
     if path.resolve() in inputs:
         raise SynthctError("output would replace an input; choose another --out", path)
-    if path.exists() and not overwrite:
-        raise SynthctError("already exists; pass --overwrite to replace it", path)
+    refuse_existing([path], overwrite)
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
     from synthct.errors import SynthctError
-    from synthct.io.image import output_suffix, read_image
-    from synthct.translate.translator import QAResult, Translator, read_mask
+    from synthct.translate.translator import Translator
 
     if not args.model and not args.onnx:
         raise SynthctError("give the model: --model RUN_DIR|WEIGHTS or --onnx FILE")
@@ -141,47 +134,16 @@ def run(args) -> int:
                             qa_model=args.model if args.onnx else None, tta=args.tta)
     if args.dicom_out and translator.eight_bit:
         raise SynthctError("--dicom-out needs a model trained in HU, not on 8-bit pictures")
-    tag = TARGET_TAG[args.direction]
     dtype = args.dtype or ("uint8" if translator.eight_bit else "int16" if translator.target == "ct" else "float32")
-    out_dir = Path(args.out)
     resolved_inputs = {p.resolve() for p in inputs}
     failures = [f"{item}: {problem}" for item, problem in problems]
     for item, problem in problems:
         print(f"synthct: error: {problem}", file=sys.stderr)
 
     bar = tqdm(total=len(inputs), unit="volume", desc="translate", disable=None, file=sys.stderr)
-    for path, stem, qa_stem in _plan_outputs(inputs, tag):
+    for path, stem, qa_stem in _plan_outputs(inputs, TARGET_TAG[args.direction]):
         try:
-            vol = read_image(path)
-            suffix = output_suffix(vol, args.format)
-            if suffix == ".png" and vol.shape[0] != 1:
-                raise SynthctError(f"PNG output holds one slice; this volume has {vol.shape[0]} (use --format nifti)",
-                                   path)
-            target = out_dir / f"{stem}{suffix}"
-            planned = [target]
-            if args.qa:
-                planned += [out_dir / f"{qa_stem}_cycle_error{suffix}", out_dir / f"{qa_stem}_qa.json"]
-            if args.dicom_out:
-                planned.append(Path(args.dicom_out) / stem)
-            for p in planned:
-                _check_writable(p, resolved_inputs, args.overwrite)
-            mask = read_mask(mask_file, vol) if mask_file else args.mask
-            slices_bar = tqdm(total=_slice_count(vol, translator, args.qa), unit="slice", leave=False,
-                              desc=path.name[:30], disable=None, file=sys.stderr)
-            with slices_bar:
-                result = translator.translate_volume(vol, mask=mask, qa=args.qa, qa_threshold=args.qa_threshold,
-                                                     progress=slices_bar.update)
-            synthetic = result.synthetic if isinstance(result, QAResult) else result
-            _write(synthetic, target, dtype, suffix, args.overwrite)
-            if isinstance(result, QAResult):
-                error_dtype = "uint8" if suffix == ".png" else "float32"
-                _write(result.cycle_error, planned[1], error_dtype, suffix, args.overwrite)
-                _write_qa_json(result, planned[2], path, target)
-            if args.dicom_out:
-                from synthct.io.dicom_out import write_ct_series
-
-                source = vol if vol.dicom else None
-                write_ct_series(synthetic, planned[-1], source, overwrite=args.overwrite)
+            _translate_one(translator, args, path, stem, qa_stem, dtype, mask_file, resolved_inputs)
         except SynthctError as exc:
             if len(inputs) == 1 and not problems:
                 raise
@@ -191,15 +153,63 @@ def run(args) -> int:
         bar.update(1)
     bar.close()
     done = len(inputs) - (len(failures) - len(problems))
-    print(f"translated {done} of {len(inputs)} input{'s' if len(inputs) != 1 else ''} into {out_dir}")
-    if failures:
-        listed = "; ".join(failures[:SUMMARY_LISTS_FAILURES])
-        if len(failures) > SUMMARY_LISTS_FAILURES:
-            listed += f"; and {len(failures) - SUMMARY_LISTS_FAILURES} more (see the error lines above)"
-        print(f"synthct: error: {len(failures)} input{'s' if len(failures) != 1 else ''} failed: {listed}",
-              file=sys.stderr)
-        return 2
-    return 0
+    print(f"translated {done} of {len(inputs)} input{'s' if len(inputs) != 1 else ''} into {Path(args.out)}")
+    return _report_failures(failures)
+
+
+def _translate_one(translator, args, path: Path, stem: str, qa_stem: str, dtype: str, mask_file: str | None,
+                   inputs: set[Path]) -> None:
+    """Read, translate and write one input with its QA and DICOM outputs; every output is
+    checked for a clash before any is written."""
+    from tqdm import tqdm
+
+    from synthct.errors import SynthctError
+    from synthct.io.image import output_suffix, read_image
+    from synthct.translate.qa import QAResult
+    from synthct.translate.translator import read_mask
+
+    vol = read_image(path)
+    suffix = output_suffix(vol, args.format)
+    if suffix == ".png" and vol.shape[0] != 1:
+        raise SynthctError(f"PNG output holds one slice; this volume has {vol.shape[0]} (use --format nifti)", path)
+    out_dir = Path(args.out)
+    target = out_dir / f"{stem}{suffix}"
+    planned = [target]
+    if args.qa:
+        planned += [out_dir / f"{qa_stem}_cycle_error{suffix}", out_dir / f"{qa_stem}_qa.json"]
+    if args.dicom_out:
+        planned.append(Path(args.dicom_out) / stem)
+    for p in planned:
+        _check_writable(p, inputs, args.overwrite)
+    mask = read_mask(mask_file, vol) if mask_file else args.mask
+    slices_bar = tqdm(total=_slice_count(vol, translator, args.qa), unit="slice", leave=False,
+                      desc=path.name[:30], disable=None, file=sys.stderr)
+    with slices_bar:
+        result = translator.translate_volume(vol, mask=mask, qa=args.qa, qa_threshold=args.qa_threshold,
+                                             progress=slices_bar.update)
+    synthetic = result.synthetic if isinstance(result, QAResult) else result
+    _write(synthetic, target, dtype, suffix, args.overwrite)
+    if isinstance(result, QAResult):
+        error_dtype = "uint8" if suffix == ".png" else "float32"
+        _write(result.cycle_error, planned[1], error_dtype, suffix, args.overwrite)
+        _write_qa_json(result, planned[2], path, target)
+    if args.dicom_out:
+        from synthct.io.dicom_out import write_ct_series
+
+        source = vol if vol.dicom else None
+        write_ct_series(synthetic, planned[-1], source, overwrite=args.overwrite)
+
+
+def _report_failures(failures: list[str]) -> int:
+    """The closing error line naming the failed inputs, and the exit status."""
+    if not failures:
+        return 0
+    listed = "; ".join(failures[:SUMMARY_LISTS_FAILURES])
+    if len(failures) > SUMMARY_LISTS_FAILURES:
+        listed += f"; and {len(failures) - SUMMARY_LISTS_FAILURES} more (see the error lines above)"
+    print(f"synthct: error: {len(failures)} input{'s' if len(failures) != 1 else ''} failed: {listed}",
+          file=sys.stderr)
+    return 2
 
 
 def _slice_count(vol, translator, qa: bool) -> int:

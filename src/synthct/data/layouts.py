@@ -70,7 +70,9 @@ def _header_geometry(path: Path):
     """A Volume with the file's geometry; only the header is read for volume formats."""
     import SimpleITK as sitk
 
-    from synthct.io.image import VOLUME_SUFFIXES, Volume, read_image
+    from synthct.io.formats import VOLUME_SUFFIXES
+    from synthct.io.image import read_image
+    from synthct.io.volume import Volume
 
     if path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES):
         reader = sitk.ImageFileReader()

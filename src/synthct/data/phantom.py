@@ -9,6 +9,7 @@ multiplicative bias field and Rician noise, the CT Gaussian noise in HU.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +57,50 @@ def phantom_labels(seed: int, size=(128, 128, 64), spacing=(1.5, 1.5, 2.5)) -> n
     return _anatomy(anatomy_rng, size, spacing)
 
 
+@dataclass(frozen=True)
+class _Head:
+    """One case's head: the grid's physical coordinates (mm, centred on the grid), the head
+    ellipsoid and the thicknesses (mm) of the layers nested inside it."""
+
+    coords: tuple[np.ndarray, np.ndarray, np.ndarray]
+    size: tuple[int, int, int]  # (x, y, z) voxels
+    spacing: tuple[float, float, float]  # (x, y, z) mm
+    centre: tuple[float, float, float]
+    axes: tuple[float, float, float]
+    scalp: float
+    cortex_outer: float
+    diploe: float
+    cortex_inner: float
+    subarachnoid: float
+    cortex_band: float
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.size[2], self.size[1], self.size[0]
+
+    def inside(self, depth: float, wobble=None) -> np.ndarray:
+        """The head ellipsoid shrunk by ``depth`` mm (its surface displaced by ``wobble``)."""
+        ax, ay, az = self.axes
+        r = _ellipsoid(self.coords, self.centre, (ax - depth, ay - depth, az - depth))
+        return r <= 1.0 if wobble is None else r <= 1.0 + wobble
+
+
 def _anatomy(rng, size, spacing) -> np.ndarray:
+    # The order of the random draws below fixes every seed's anatomy; keep it.
+    head = _draw_head(rng, size, spacing)
+    labels, intracranial = _tissue_layers(rng, head)
+    base_z = _skull_base(rng, head, labels, intracranial)
+    _ventricles(rng, head, labels, base_z)
+    _sinuses(rng, head, labels, base_z)
+    _lesions(rng, head, labels)
+    return labels
+
+
+def _draw_head(rng, size, spacing) -> _Head:
     nx, ny, nz = size
     sx, sy, sz = spacing
     coords = np.meshgrid((np.arange(nz) - (nz - 1) / 2) * sz, (np.arange(ny) - (ny - 1) / 2) * sy,
                          (np.arange(nx) - (nx - 1) / 2) * sx, indexing="ij", sparse=True)
-    z, y, x = coords
     fov = np.array([nx * sx, ny * sy, nz * sz])
     # The head fills most of the in-plane field of view; y grows posteriorly (LPS), z upwards.
     ax_, ay_ = fov[0] * rng.uniform(0.33, 0.40), fov[1] * rng.uniform(0.40, 0.46)
@@ -70,67 +109,84 @@ def _anatomy(rng, size, spacing) -> np.ndarray:
     scalp, cortex_outer, diploe, cortex_inner = (rng.uniform(4, 7), rng.uniform(1.5, 2.5),
                                                  rng.uniform(2.5, 5.0), rng.uniform(1.2, 2.0))
     subarachnoid, cortex_band = rng.uniform(1.5, 3.0), rng.uniform(3.0, 4.5)
+    return _Head(tuple(coords), tuple(size), tuple(spacing), centre, (ax_, ay_, az_), scalp, cortex_outer, diploe,
+                 cortex_inner, subarachnoid, cortex_band)
+
+
+def _tissue_layers(rng, head: _Head) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of the nested layers, skin to white matter, and the intracranial mask."""
     skin = 1.5
-
-    # Layers are nested ellipsoids shrunk by the layer thicknesses in mm.
-    def inside(depth, wobble=None):
-        r = _ellipsoid(coords, centre, (ax_ - depth, ay_ - depth, az_ - depth))
-        return r <= 1.0 if wobble is None else r <= 1.0 + wobble
-
-    shape = (nz, ny, nx)
-    labels = np.zeros(shape, np.uint8)
+    labels = np.zeros(head.shape, np.uint8)
     depth = 0.0
-    labels[inside(depth)] = SKIN
+    labels[head.inside(depth)] = SKIN
     depth += skin
-    labels[inside(depth)] = FAT
-    depth += scalp - skin
-    labels[inside(depth)] = CORTICAL
-    depth += cortex_outer
-    labels[inside(depth)] = MARROW
-    depth += diploe
-    labels[inside(depth)] = CORTICAL
-    depth += cortex_inner
-    intracranial = inside(depth)
+    labels[head.inside(depth)] = FAT
+    depth += head.scalp - skin
+    labels[head.inside(depth)] = CORTICAL
+    depth += head.cortex_outer
+    labels[head.inside(depth)] = MARROW
+    depth += head.diploe
+    labels[head.inside(depth)] = CORTICAL
+    depth += head.cortex_inner
+    intracranial = head.inside(depth)
     labels[intracranial] = CSF
-    depth += subarachnoid
-    gyri = _smooth_field(rng, shape, (0.8, 1.5, 1.5), 0.06)
-    labels[inside(depth, gyri)] = GREY
-    depth += cortex_band
-    labels[inside(depth, 1.6 * gyri)] = WHITE
+    depth += head.subarachnoid
+    gyri = _smooth_field(rng, head.shape, (0.8, 1.5, 1.5), 0.06)
+    labels[head.inside(depth, gyri)] = GREY
+    depth += head.cortex_band
+    labels[head.inside(depth, 1.6 * gyri)] = WHITE
+    return labels, intracranial
 
-    # Skull base: below it the head holds face and neck soft tissue, a bony floor above that.
-    base_z = centre[2] - 0.15 * az_ + rng.uniform(-4, 4)
-    below_base = np.broadcast_to(z < base_z, shape)
-    floor = np.broadcast_to((z >= base_z) & (z < base_z + rng.uniform(4, 7)), shape)
+
+def _skull_base(rng, head: _Head, labels: np.ndarray, intracranial: np.ndarray) -> float:
+    """Below the skull base the head holds face and neck soft tissue, a bony floor above that;
+    returns the base's height (mm)."""
+    z = head.coords[0]
+    base_z = head.centre[2] - 0.15 * head.axes[2] + rng.uniform(-4, 4)
+    below_base = np.broadcast_to(z < base_z, head.shape)
+    floor = np.broadcast_to((z >= base_z) & (z < base_z + rng.uniform(4, 7)), head.shape)
     labels[intracranial & below_base] = MUSCLE
     labels[intracranial & floor] = CORTICAL
+    return base_z
 
+
+def _ventricles(rng, head: _Head, labels: np.ndarray, base_z: float) -> None:
     ventricle_dy = rng.uniform(-4, 4)
     ventricle_half_gap = rng.uniform(6, 9)
     ventricle_size = (rng.uniform(5.0, 8.0), rng.uniform(20, 28), rng.uniform(11, 16))
-    ventricle_z = base_z + 0.45 * (centre[2] + az_ - base_z)
+    ventricle_z = base_z + 0.45 * (head.centre[2] + head.axes[2] - base_z)
     for side in (-1, 1):
-        ventricle = _ellipsoid(coords, (side * ventricle_half_gap, ventricle_dy, ventricle_z), ventricle_size) <= 1
+        centre = (side * ventricle_half_gap, ventricle_dy, ventricle_z)
+        ventricle = _ellipsoid(head.coords, centre, ventricle_size) <= 1
         labels[ventricle & (labels == WHITE)] = CSF
 
-    # Air-filled sinuses inside a local bone thickening: frontal above the skull base,
-    # maxillary pair below it, both anterior (negative y).
-    front_y = centre[1] - ay_
-    frontal_c = (centre[0], front_y + scalp + 9.0, base_z + rng.uniform(8, 14))
+
+def _sinuses(rng, head: _Head, labels: np.ndarray, base_z: float) -> None:
+    """Air-filled sinuses inside a local bone thickening: frontal above the skull base,
+    maxillary pair below it, both anterior (negative y)."""
+    coords, centre = head.coords, head.centre
+    front_y = centre[1] - head.axes[1]
+    frontal_c = (centre[0], front_y + head.scalp + 9.0, base_z + rng.uniform(8, 14))
     frontal_axes = (rng.uniform(8, 13), rng.uniform(3.5, 5.0), rng.uniform(5, 8))
-    head = labels > AIR
+    in_head = labels > AIR
     shell = _ellipsoid(coords, frontal_c, tuple(a + 2.5 for a in frontal_axes)) <= 1
-    labels[shell & head & (labels != FAT) & (labels != SKIN)] = CORTICAL
+    labels[shell & in_head & (labels != FAT) & (labels != SKIN)] = CORTICAL
     # Sinuses stay at least a voxel away from the scalp: bone walls them in.
     walled = ~ndimage.binary_dilation(np.isin(labels, (AIR, SKIN, FAT)), structure=np.ones((3, 3, 3), bool))
     labels[(_ellipsoid(coords, frontal_c, frontal_axes) <= 1) & (labels == CORTICAL) & walled] = SINUS
     maxillary_axes = (rng.uniform(9, 13), rng.uniform(10, 14), rng.uniform(10, 14))
     for side in (-1, 1):
-        c = (side * (maxillary_axes[0] + 4), front_y + scalp + maxillary_axes[1] + 8, base_z - maxillary_axes[2] - 4)
+        c = (side * (maxillary_axes[0] + 4), front_y + head.scalp + maxillary_axes[1] + 8,
+             base_z - maxillary_axes[2] - 4)
         shell = _ellipsoid(coords, c, tuple(a + 2.0 for a in maxillary_axes)) <= 1
         labels[shell & (labels == MUSCLE)] = CORTICAL
         labels[(_ellipsoid(coords, c, maxillary_axes) <= 1) & walled] = SINUS
 
+
+def _lesions(rng, head: _Head, labels: np.ndarray) -> None:
+    """Up to two haemorrhages or hypodense lesions centred in white matter."""
+    nx, ny, nz = head.size
+    sx, sy, sz = head.spacing
     for _ in range(rng.integers(0, 3)):
         kind = BLEED if rng.random() < 0.5 else HYPODENSE
         brain = np.argwhere(labels == WHITE)
@@ -139,9 +195,8 @@ def _anatomy(rng, size, spacing) -> np.ndarray:
         kz, ky, kx = brain[rng.integers(len(brain))]
         c = ((kx - (nx - 1) / 2) * sx, (ky - (ny - 1) / 2) * sy, (kz - (nz - 1) / 2) * sz)
         radius = rng.uniform(4, 10)
-        lesion = _ellipsoid(coords, c, (radius, radius * rng.uniform(0.7, 1.3), radius)) <= 1
+        lesion = _ellipsoid(head.coords, c, (radius, radius * rng.uniform(0.7, 1.3), radius)) <= 1
         labels[lesion & np.isin(labels, (WHITE, GREY))] = kind
-    return labels
 
 
 def _tissue_probabilities(labels: np.ndarray, spacing) -> np.ndarray:
@@ -212,8 +267,9 @@ def write_phantoms(n: int, out_dir, seed: int = 0, size=(128, 128, 64), overwrit
 
     Case ``i`` uses seed ``seed + i``. Returns the case folders.
     """
-    from synthct.io.atomic import atomic_write_text
-    from synthct.io.image import Volume, write_image
+    from synthct.io.atomic import atomic_write_text, refuse_existing
+    from synthct.io.image import write_image
+    from synthct.io.volume import Volume
 
     if n < 1:
         raise SynthctError(f"--n must be at least 1, got {n}")
@@ -221,11 +277,8 @@ def write_phantoms(n: int, out_dir, seed: int = 0, size=(128, 128, 64), overwrit
     if out_dir.exists() and not out_dir.is_dir():
         raise SynthctError("exists and is not a folder", out_dir)
     cases = [out_dir / f"phantom_{i:03d}" for i in range(n)]
-    if not overwrite:
-        planned = [case / name for case in cases for name in ("mr.nii.gz", "ct.nii.gz", "mask.nii.gz")]
-        for path in planned + [out_dir / "README.txt"]:
-            if path.exists():
-                raise SynthctError("already exists; pass --overwrite to replace it", path)
+    planned = [case / name for case in cases for name in ("mr.nii.gz", "ct.nii.gz", "mask.nii.gz")]
+    refuse_existing(planned + [out_dir / "README.txt"], overwrite)
     spacing = tuple(float(s) for s in spacing)
     for i, case in enumerate(cases):
         mr, ct, mask = make_phantom(seed + i, size, contrast, spacing)

@@ -29,8 +29,11 @@ import numpy as np
 from synthct.errors import SynthctError
 from synthct.eval.metrics import (BONE_HU, BONE_METRICS, BONE_TOLERANCE_MM, EIGHT_BIT_METRICS, HU_METRICS,
                                   bone_agreement, eight_bit_metrics, head_mask_8bit, hu_metrics)
-from synthct.io.atomic import atomic_write_text
-from synthct.io.image import SUPPORTED_SUFFIXES, Volume, is_dicom_series_dir, read_image
+from synthct.io.atomic import atomic_write_text, refuse_existing
+from synthct.io.dicom_series import is_dicom_series_dir
+from synthct.io.formats import image_stem
+from synthct.io.image import read_image
+from synthct.io.volume import Volume
 
 MODES = ("hu", "8bit", "auto")
 REFERENCE_NAMES = ("ct",)
@@ -118,11 +121,7 @@ class EvaluationResult:
 
 def case_stem(path: Path) -> str:
     """The case name of a flat file: its name without the image suffix."""
-    lower = path.name.lower()
-    for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.name
+    return image_stem(path.name)
 
 
 def _named_image(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -315,10 +314,7 @@ def metrics_csv(result: EvaluationResult) -> str:
 def check_outputs_free(out_dir: str | Path, overwrite: bool = False) -> list[Path]:
     """The output paths, after making sure none exists (unless ``overwrite``)."""
     targets = [Path(out_dir) / name for name in OUTPUT_FILES]
-    if not overwrite:
-        for target in targets:
-            if target.exists():
-                raise SynthctError("already exists; pass --overwrite to replace it", target)
+    refuse_existing(targets, overwrite)
     return targets
 
 

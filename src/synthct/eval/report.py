@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from synthct.errors import SynthctError
-from synthct.io.atomic import atomic_write_bytes, atomic_write_text
+from synthct.io.atomic import atomic_write_bytes, atomic_write_text, refuse_existing
 
 # (label, width, level) in HU; the first is the default view.
 HU_PRESETS = (("soft tissue", 400, 40), ("brain", 80, 40), ("bone", 2000, 500), ("full", 4024, 988))
@@ -220,14 +220,6 @@ def _error_lut() -> list[str]:
     return ["%02x%02x%02x" % tuple(c) for c in colours]
 
 
-def _check_free(paths: list[Path], overwrite: bool) -> None:
-    if overwrite:
-        return
-    for path in paths:
-        if path.exists():
-            raise SynthctError("already exists; pass --overwrite to replace it", path)
-
-
 def write_report(
     out_html: str | Path,
     cases: list[ReportCase],
@@ -253,7 +245,7 @@ def write_report(
     figure_paths = {case.name: figures_dir / f"{case.name}.png" for case in cases}
     loss_path = figures_dir / "loss.png"
     run_dir = Path(run_dir) if run_dir is not None else None
-    _check_free([out_html, *figure_paths.values(), *([loss_path] if run_dir else [])], overwrite)
+    refuse_existing([out_html, *figure_paths.values(), *([loss_path] if run_dir else [])], overwrite)
 
     notes = [note] if note else []
     if any(case.name.lower().startswith("phantom") for case in cases):
@@ -262,23 +254,48 @@ def write_report(
     payload = [_case_payload(case, max_slices, max_size) for case in cases]
     for case in cases:
         atomic_write_bytes(figure_paths[case.name], case_figure(case, mode))
+    training_html = _training_section(run_dir, loss_path) if run_dir is not None else ""
 
-    training_html = ""
-    if run_dir is not None:
-        parts = []
-        log_csv = run_dir / "log.csv"
-        loss_png = loss_figure(log_csv) if log_csv.is_file() else None
-        if loss_png is not None:
-            atomic_write_bytes(loss_path, loss_png)
-            parts.append("<h3>Loss curves</h3>" + _img(loss_png, "loss curves"))
-        else:
-            parts.append(f"<p>No loss log found at {html.escape(str(log_csv))}.</p>")
-        for sample in latest_samples(run_dir):
-            parts.append(f"<h3>Samples: {html.escape(sample.name)}</h3>" + _img(sample.read_bytes(), sample.name))
-        training_html = f'<section id="training"><h2>Training run</h2><p>{html.escape(str(run_dir))}</p>{"".join(parts)}</section>'
-
-    metric_names = list(summary.get("metrics", {}).keys())
     presets = HU_PRESETS if mode == "hu" else EIGHT_BIT_PRESETS
+    page = _PAGE.format(
+        title=html.escape(out_html.stem),
+        notes="".join(f'<p class="note">{html.escape(n)}</p>' for n in notes),
+        mode=html.escape(mode),
+        summary_table=_summary_table(summary),
+        missing=_missing_html(summary),
+        case_table=_case_table(list(summary.get("metrics", {}).keys()), rows),
+        presets="".join(
+            f'<label><input type="radio" name="preset" value="{i}"{" checked" if i == 0 else ""}> '
+            f"{html.escape(p[0])} (W{p[1]:g} L{p[2]:g})</label> "
+            for i, p in enumerate(presets)
+        ),
+        cases="".join(_case_section(c["name"], mode) for c in payload),
+        training=training_html,
+        data=_viewer_data_json(mode, presets, payload),
+        style=_STYLE,
+        script=_SCRIPT,
+    )
+    atomic_write_text(out_html, page)
+    return out_html
+
+
+def _training_section(run_dir: Path, loss_path: Path) -> str:
+    """The run's loss curves (also written to ``loss_path``) and its latest sample grids."""
+    parts = []
+    log_csv = run_dir / "log.csv"
+    loss_png = loss_figure(log_csv) if log_csv.is_file() else None
+    if loss_png is not None:
+        atomic_write_bytes(loss_path, loss_png)
+        parts.append("<h3>Loss curves</h3>" + _img(loss_png, "loss curves"))
+    else:
+        parts.append(f"<p>No loss log found at {html.escape(str(log_csv))}.</p>")
+    for sample in latest_samples(run_dir):
+        parts.append(f"<h3>Samples: {html.escape(sample.name)}</h3>" + _img(sample.read_bytes(), sample.name))
+    return f'<section id="training"><h2>Training run</h2><p>{html.escape(str(run_dir))}</p>{"".join(parts)}</section>'
+
+
+def _viewer_data_json(mode: str, presets, payload: list[dict]) -> str:
+    """What the page's script draws from, as JSON safe inside a <script> block."""
     data = {
         "mode": mode,
         "presets": [{"label": p[0], "width": p[1], "level": p[2]} for p in presets],
@@ -288,42 +305,25 @@ def write_report(
         "cases": payload,
     }
     # "</" inside a <script> block would end it; JSON allows the escaped form.
-    data_json = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    sections = "".join(
-        f'<section class="case" data-case="{html.escape(c["name"])}"><h3>{html.escape(c["name"])}</h3>'
+    return json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+
+
+def _case_section(name: str, mode: str) -> str:
+    """One case's canvases (filled by the page's script) and its slice slider."""
+    panels = "".join(
+        f'<figure><canvas data-panel="{p}"></canvas><figcaption>{label}</figcaption></figure>'
+        for p, label in (("input", "input MR"), ("synthetic", "synthetic CT"), ("reference", "reference CT"),
+                         ("error", "|sCT - CT|"))
+    )
+    return (
+        f'<section class="case" data-case="{html.escape(name)}"><h3>{html.escape(name)}</h3>'
         '<div class="panels">'
-        + "".join(
-            f'<figure><canvas data-panel="{p}"></canvas><figcaption>{label}</figcaption></figure>'
-            for p, label in (("input", "input MR"), ("synthetic", "synthetic CT"), ("reference", "reference CT"),
-                             ("error", "|sCT - CT|"))
-        )
+        + panels
         + '<figure class="bar"><canvas data-panel="colourbar" width="16" height="128"></canvas>'
         f'<div class="bar-labels"><span>{ERROR_SCALE[mode]:g}</span><span>0</span></div></figure>'
         '</div><label>slice <input type="range" class="slice" min="0" value="0"> <span class="slice-label"></span></label>'
         "</section>"
-        for c in payload
     )
-    notes_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
-    page = _PAGE.format(
-        title=html.escape(out_html.stem),
-        notes=notes_html,
-        mode=html.escape(mode),
-        summary_table=_summary_table(summary),
-        missing=_missing_html(summary),
-        case_table=_case_table(metric_names, rows),
-        presets="".join(
-            f'<label><input type="radio" name="preset" value="{i}"{" checked" if i == 0 else ""}> '
-            f"{html.escape(p[0])} (W{p[1]:g} L{p[2]:g})</label> "
-            for i, p in enumerate(presets)
-        ),
-        cases=sections,
-        training=training_html,
-        data=data_json,
-        style=_STYLE,
-        script=_SCRIPT,
-    )
-    atomic_write_text(out_html, page)
-    return out_html
 
 
 def _missing_html(summary: dict) -> str:

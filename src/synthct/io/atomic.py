@@ -7,6 +7,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from synthct.errors import SynthctError
+
 
 @contextmanager
 def atomic_path(path: str | Path):
@@ -42,3 +44,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def refuse_existing(paths, overwrite: bool) -> None:
+    """Unless ``overwrite``, stop at the first of ``paths`` that exists, before anything is written."""
+    if overwrite:
+        return
+    for path in paths:
+        if Path(path).exists():
+            raise SynthctError("already exists; pass --overwrite to replace it", path)

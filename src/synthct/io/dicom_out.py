@@ -29,14 +29,14 @@ import numpy as np
 
 from synthct import __version__
 from synthct.errors import SynthctError
-from synthct.io.image import Volume
+from synthct.io.atomic import refuse_existing
+from synthct.io.volume import Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 DEFAULT_DESCRIPTION = "synthetic CT (synthct, MR-derived)"
 SERIES_NUMBER = 9001
 # Soft-tissue window for display; viewers let the user change it.
 WINDOW_CENTER, WINDOW_WIDTH = 40, 400
-
 
 
 def _ds(value: float) -> str:
@@ -62,14 +62,24 @@ def _hu_int16(array: np.ndarray) -> np.ndarray:
 
 
 def _base_dataset(vol: Volume, source: Volume | None, series_description: str, now: _dt.datetime):
+    """The attributes every slice of the series shares (each slice adds its position and pixels)."""
     from pydicom.dataset import Dataset
-    from pydicom.uid import generate_uid
 
     tags = dict(source.dicom) if source is not None and source.dicom else {}
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = CT_IMAGE_STORAGE
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    _set_patient_and_study(ds, tags, date, time)
+    _set_series_and_frame(ds, tags, series_description, date, time)
+    _set_equipment_and_image(ds, date, time)
+    _set_pixels_and_plane(ds, vol)
+    return ds
+
+
+def _set_patient_and_study(ds, tags: dict, date: str, time: str) -> None:
+    from pydicom.uid import generate_uid
+
     # Patient (type 2 attributes are present, empty when unknown).
     for name in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
         setattr(ds, name, tags.get(name, ""))
@@ -86,6 +96,11 @@ def _base_dataset(vol: Volume, source: Volume | None, series_description: str, n
     ds.ReferringPhysicianName = study.get("ReferringPhysicianName", "")
     if study.get("StudyDescription"):
         ds.StudyDescription = study["StudyDescription"]
+
+
+def _set_series_and_frame(ds, tags: dict, series_description: str, date: str, time: str) -> None:
+    from pydicom.uid import generate_uid
+
     # General Series
     ds.Modality = "CT"
     ds.SeriesInstanceUID = generate_uid()
@@ -99,6 +114,9 @@ def _base_dataset(vol: Volume, source: Volume | None, series_description: str, n
     # Frame of Reference: the source's, since the sCT has the source's geometry.
     ds.FrameOfReferenceUID = tags.get("FrameOfReferenceUID") or generate_uid()
     ds.PositionReferenceIndicator = ""
+
+
+def _set_equipment_and_image(ds, date: str, time: str) -> None:
     # General Equipment
     ds.Manufacturer = "synthct"
     ds.ManufacturerModelName = "synthct"
@@ -117,19 +135,21 @@ def _base_dataset(vol: Volume, source: Volume | None, series_description: str, n
     ds.WindowCenter = str(WINDOW_CENTER)
     ds.WindowWidth = str(WINDOW_WIDTH)
     ds.WindowCenterWidthExplanation = "SOFT TISSUE"
+
+
+def _set_pixels_and_plane(ds, vol: Volume) -> None:
     # Image Pixel
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = int(vol.shape[1]), int(vol.shape[2])
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = 1
-    # Image Plane (per-slice position added later)
+    # Image Plane, but for each slice's position
     sx, sy, sz = (float(s) for s in vol.spacing)
     ds.PixelSpacing = [_ds(sy), _ds(sx)]  # row spacing (between rows, along y), then column spacing
     ds.SliceThickness = _ds(sz)
     # Also for a single slice: GDCM (SimpleITK) takes a lone slice's z spacing from here.
     ds.SpacingBetweenSlices = _ds(sz)
-    return ds
 
 
 def write_ct_series(vol_hu: Volume, out_dir: str | Path, source: Volume | None = None,
@@ -145,8 +165,7 @@ def write_ct_series(vol_hu: Volume, out_dir: str | Path, source: Volume | None =
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise SynthctError("already exists; pass --overwrite to replace it", out_dir)
+    refuse_existing([out_dir], overwrite)
     if out_dir.exists() and not out_dir.is_dir():
         raise SynthctError("exists and is not a folder", out_dir)
     now = _dt.datetime.now()

@@ -37,13 +37,8 @@ randomly with ``data.flip``): two forward passes for a prediction with less of t
 slice-to-slice noise, as nnU-Net does by default for segmentation. Only a model trained with
 flips has seen mirrored slices, so only such a model accepts it.
 
-Cycle-consistency QA (``qa=True``) runs the opposite generator F of the same run on G(x) and
-reports |F(G(x)) - x|. The error is measured in model range and mapped to source units with
-the source mapping's linear scale (HU for CT, the input's own MR units for MR, grey levels for
-8-bit): values the window clips (e.g. above 3000 HU) count as the window edge. A high error
-marks what F cannot undo, a symptom of invented anatomy; a low one is no proof of a faithful
-translation (a generator that inverts contrast can be cycle-consistent; on real brain slices the
-error ranked slices by CT error weakly or inversely, docs/RESULTS.md).
+Cycle-consistency QA (``qa=True``) runs the opposite generator of the same run on the
+translation and reports how far it is from the input (see ``translate.qa``).
 """
 
 from __future__ import annotations
@@ -51,7 +46,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +53,12 @@ import numpy as np
 from synthct.data.intensity import CTWindow, EightBit, Mapping, MRPercentile, mapping_from_dict
 from synthct.errors import SynthctError
 from synthct.io.image import Volume
+from synthct.translate.qa import QAResult, QASummary, qa_summary
+from synthct.translate.tiling import MIN_TILE, run_tiled
 
 DIRECTIONS = {"mr2ct": ("mr", "ct"), "ct2mr": ("ct", "mr")}
 OPPOSITE = {"mr2ct": "ct2mr", "ct2mr": "mr2ct"}
 CT_AIR_HU = -1000.0
-# The smallest tile whose blended overlap (a quarter, at least 8 pixels) leaves a step between tiles.
-MIN_TILE = 16
 # Slices with more pixels than this (1024 x 1024) are translated in tiles.
 TILE_AUTO_PIXELS = 1024 * 1024
 DEFAULT_TILE = 512
@@ -72,8 +66,6 @@ DEFAULT_TILE = 512
 FIT_SCALE_TOLERANCE = 1.25
 RESAMPLE_MODES = ("auto", "native", "fit")
 TTA_MODES = ("none", "flip")
-# QA flags slices whose mean cycle error exceeds mean + QA_SIGMAS * std over slices.
-QA_SIGMAS = 3.0
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -201,55 +193,6 @@ def _stride_multiple(meta: dict) -> int:
     if arch.get("generator") == "unet":
         return 2 ** int(arch.get("num_downs", 8))
     return 4  # two stride-2 convolutions in the ResNet generator
-
-
-def raised_cosine_ramp(overlap: int) -> np.ndarray:
-    """Blend weights over ``overlap`` pixels from a tile edge inward: 0 for the outer quarter
-    (the pixels that see the tile's border padding), then a raised cosine up to 1."""
-    margin = overlap // 4
-    d = np.arange(overlap, dtype=np.float64)
-    r = np.clip((d - margin + 0.5) / max(overlap - 2 * margin, 1), 0.0, 1.0)
-    return (0.5 - 0.5 * np.cos(np.pi * r)).astype(np.float32)
-
-
-def _tile_starts(length: int, tile: int, step: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, step))
-    starts.append(length - tile)
-    return starts
-
-
-def _axis_window(length: int, start: int, tile: int, overlap: int) -> np.ndarray:
-    w = np.ones(min(tile, length), np.float32)
-    ramp = raised_cosine_ramp(overlap)
-    if start > 0:  # a neighbouring tile covers the low side
-        w[:overlap] = np.minimum(w[:overlap], ramp)
-    if start + tile < length:
-        w[-overlap:] = np.minimum(w[-overlap:], ramp[::-1])
-    return w
-
-
-@dataclass
-class QASummary:
-    units: str
-    mean_error_in_body: float | None
-    per_slice_mean_error: list[float | None]
-    threshold: float | None
-    flagged_slices: list[int]
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {**self.extra, "units": self.units, "mean_error_in_body": self.mean_error_in_body,
-                "threshold": self.threshold, "flagged_slices": self.flagged_slices,
-                "per_slice_mean_error": self.per_slice_mean_error}
-
-
-@dataclass
-class QAResult:
-    synthetic: Volume
-    cycle_error: Volume
-    summary: QASummary
 
 
 class Translator:
@@ -418,7 +361,7 @@ class Translator:
             reflect = ph < h and pw < w
             pad = ((0, 0), (0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
             batch = np.pad(batch, pad, mode="reflect") if reflect else np.pad(batch, pad, constant_values=-1.0)
-        y = runner(batch) if tile is None else self._tiled(batch, runner, tile)
+        y = runner(batch) if tile is None else run_tiled(batch, runner, tile)
         return y[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
 
     def _native(self, batch: np.ndarray, runner: Runner) -> np.ndarray:
@@ -430,33 +373,6 @@ class Translator:
         if h <= tile and w <= tile:
             return self._run_padded(batch, runner)
         return self._run_padded(batch, runner, tile)
-
-    def _tiled(self, batch: np.ndarray, runner: Runner, tile: int) -> np.ndarray:
-        """Overlapping tiles blended with raised-cosine weights (normalised by their sum).
-
-        ``batch`` is already padded to the stride multiple, and so is ``tile``.
-        Tiles overlap by a quarter of their size; the outer quarter of every overlap gets zero
-        weight, so pixels near a tile's artificial border (which see its padding) never reach
-        the output and a network with a receptive field under that margin gives exactly the
-        untiled result. Generators with instance norm see per-tile statistics, which large
-        tiles keep close to the whole slice's; the smooth blend hides what difference remains.
-        """
-        h, w = batch.shape[-2:]
-        overlap = max(8, tile // 4)
-        step = tile - overlap
-        acc: np.ndarray | None = None
-        weight = np.zeros((h, w), np.float32)
-        for y0 in _tile_starts(h, tile, step):
-            wy = _axis_window(h, y0, tile, overlap)
-            for x0 in _tile_starts(w, tile, step):
-                wx = _axis_window(w, x0, tile, overlap)
-                piece = runner(np.ascontiguousarray(batch[..., y0:y0 + tile, x0:x0 + tile]))
-                if acc is None:
-                    acc = np.zeros((*piece.shape[:2], h, w), np.float32)
-                win = wy[:, None] * wx[None, :]
-                acc[..., y0:y0 + tile, x0:x0 + tile] += piece * win
-                weight[y0:y0 + tile, x0:x0 + tile] += win
-        return acc / weight
 
     def _fit(self, batch: np.ndarray, spacing_hw: tuple[float, float], runner: Runner) -> np.ndarray:
         """The training transform (data.slices.fit_to_square: longest physical side to ``size``,
@@ -518,21 +434,9 @@ class Translator:
 
     def _qa_summary(self, error: np.ndarray, body: np.ndarray, axis: int, threshold: float | None,
                     mapping: Mapping) -> QASummary:
-        err = np.moveaxis(error, axis, 0)
-        inside = np.moveaxis(body, axis, 0)
-        per_slice: list[float | None] = []
-        for e, m in zip(err, inside):
-            per_slice.append(float(e[m].mean()) if m.any() else None)
-        valid = np.array([v for v in per_slice if v is not None], np.float64)
-        mean_in_body = float(error[body].mean()) if body.any() else None
-        if threshold is None and valid.size:
-            threshold = float(valid.mean() + QA_SIGMAS * valid.std())
-        flagged = [i for i, v in enumerate(per_slice) if v is not None and threshold is not None and v > threshold]
-        units = "HU" if isinstance(mapping, CTWindow) else ("grey level" if isinstance(mapping, EightBit)
-                                                             else "input MR units")
         extra = {"direction": self.direction, "model": self.meta.get("model"), "step": self.meta.get("step"),
                  "epoch": self.meta.get("epoch"), "slicing_axis": axis, "tta": self.tta}
-        return QASummary(units, mean_in_body, per_slice, threshold, flagged, extra)
+        return qa_summary(error, body, axis, threshold, mapping, extra)
 
 
 def read_mask(path: str | Path, vol: Volume) -> np.ndarray:
