@@ -90,9 +90,11 @@ def cmd_table(args) -> None:
     for label, path in _labelled(args.result, "--result"):
         if not Path(path).is_file():
             raise SynthctError("result not found", path)
-        ours.append((label, pairing.get(label, "unpaired"), json.loads(Path(path).read_text(encoding="utf-8"))["means"]))
+        means = json.loads(Path(path).read_text(encoding="utf-8"))["means"]
+        ours.append((label, pairing.get(label, "unpaired"), means))
     baseline_file = args.work / "results" / "baselines.json"
-    table = markdown_table(ours, json.loads(baseline_file.read_text(encoding="utf-8")) if baseline_file.is_file() else None)
+    found = json.loads(baseline_file.read_text(encoding="utf-8")) if baseline_file.is_file() else None
+    table = markdown_table(ours, found)
     if args.out:
         refuse_existing(args.out, args.overwrite)
         atomic_write_text(args.out, table)
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = command("prepare", cmd_prepare, "copy the fold's slices into unpaired and paired training folders and the scored set")
+    p = command("prepare", cmd_prepare,
+                "copy the fold's slices into unpaired and paired training folders and the scored set")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="AANLIB folder with CT/, MRI/, splits.csv")
     p.add_argument("--seed", type=int, default=0, help="seed of the independent MR and CT shuffles")
     command("baselines", cmd_baselines, "score MR-as-CT, histogram matching and constant baselines")

@@ -72,7 +72,8 @@ def baselines(work: Path) -> dict:
                               "CTs (per slice; 0 outside the head)", histogram_matched(scored, ct_pixels)),
         ("inverted_histogram_matched", "MR with its grey levels reversed (255 - MR), then in-head histogram "
                                        "matched like histogram_matched", histogram_matched(scored, ct_pixels, True)),
-        ("constant_110", f"constant {CONSTANT_GREY:g} inside the head, 0 outside", constant_in_head(scored, CONSTANT_GREY)),
+        ("constant_110", f"constant {CONSTANT_GREY:g} inside the head, 0 outside",
+         constant_in_head(scored, CONSTANT_GREY)),
         ("constant_train_median", f"median in-head grey of the training CTs ({train_median:g}) inside the head, "
                                   "0 outside", constant_in_head(scored, train_median)),
         ("constant_best_oracle", f"best constant inside the head ({oracle}, chosen on the scored CTs: an oracle), "

@@ -69,7 +69,8 @@ def prepare(data_root: Path, work: Path, fold: str = "test", seed: int = 0, over
         order = [r.id for r in train]
         rng.shuffle(order)  # one draw per modality: the MR and CT orders are independent
         for index, slice_id in enumerate(order):
-            _copy(data_root / source_folder / f"{slice_id}.png", work / f"train_{modality}" / f"{modality}_{index:03d}.png")
+            _copy(data_root / source_folder / f"{slice_id}.png",
+                  work / f"train_{modality}" / f"{modality}_{index:03d}.png")
     for rows, folders in ((train, ("train_pairs/mr", "train_pairs/ct")), (scored, ("scored_mr", "scored_ct"))):
         for r in rows:
             _copy(data_root / "MRI" / f"{r.id}.png", work / folders[0] / f"{r.id}.png")

@@ -17,10 +17,9 @@ def training_config(work: Path, model: str, overrides: list[str]):
     work = Path(work)
     read_manifest(work)
     cfg = apply_overrides(load_run_config(PRESETS[model]), overrides)
-    if model == "pix2pix":
-        cfg.data.mr, cfg.data.ct, cfg.data.paired = str(work / "train_pairs" / "mr"), str(work / "train_pairs" / "ct"), True
-    else:
-        cfg.data.mr, cfg.data.ct, cfg.data.paired = str(work / "train_mr"), str(work / "train_ct"), False
+    paired = model == "pix2pix"
+    mr, ct = (work / "train_pairs" / "mr", work / "train_pairs" / "ct") if paired else (work / "train_mr", work / "train_ct")
+    cfg.data.mr, cfg.data.ct, cfg.data.paired = str(mr), str(ct), paired
     cfg.data.root = None
     return cfg
 
