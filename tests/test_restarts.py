@@ -129,6 +129,7 @@ def test_a_second_run_into_a_folder_with_set_aside_starts_needs_overwrite(phanto
     (["--steps", "8", "--restarts", "1", "--restart-threshold", "0"], "--restart-threshold must be positive"),
     (["--steps", "8", "--restarts", "-1"], "--restarts must be at least 1"),
     (["--steps", "8", "--restarts", "1", "--set", "model.gan_mode=vanilla"], "model.gan_mode is vanilla"),
+    (["--steps", "8", "--restarts", "1", "--set", "train.stop_at_step=3"], "sets train.stop_at_step itself"),
 ])
 def test_settings_that_cannot_be_judged_are_one_line_errors(phantoms, tmp_path, capsys, extra, message):
     assert _train(phantoms, tmp_path / "run", *extra) == 2

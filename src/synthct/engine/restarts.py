@@ -67,6 +67,8 @@ def check_restarts(cfg: RunConfig, restarts: int, check_steps: int, threshold: f
         raise SynthctError(f"--restart-threshold must be positive, got {threshold}")
     if not cfg.train.steps:
         raise SynthctError("--restarts counts the budget in steps: give --steps N (train.steps)")
+    if cfg.train.stop_at_step is not None:
+        raise SynthctError("--restarts sets train.stop_at_step itself; leave it unset")
     if cfg.model.gan_mode != "lsgan":
         raise SynthctError(f"--restarts judges the LSGAN discriminator loss; model.gan_mode is {cfg.model.gan_mode}")
     if detect_env().enabled:
@@ -91,21 +93,20 @@ def _set_aside(run_dir: Path, seed: int) -> Path:
     return target
 
 
-def _record(run_dir: Path, verdicts: list[dict], check_steps: int, threshold: float, quiet: bool) -> None:
+def _record(run_dir: Path, verdicts: list[dict], check_steps: int, threshold: float) -> None:
     atomic_write_text(run_dir / VERDICTS, json.dumps(
         {"check_steps": check_steps, "threshold": threshold, "lsgan_chance": LSGAN_CHANCE,
          "starts": verdicts}, indent=2) + "\n")
-    if not quiet:
-        latest = verdicts[-1]
-        judged = (f"discriminator loss {latest['discriminator_loss']:.3f} over steps {latest['window']}; "
-                  if "discriminator_loss" in latest else "")
-        print(f"synthct: restart verdict: seed {latest['seed']}: {judged}{latest['verdict']}",
-              file=sys.stderr, flush=True)
+    latest = verdicts[-1]
+    judged = (f"discriminator loss {latest['discriminator_loss']:.3f} over steps {latest['window']}; "
+              if "discriminator_loss" in latest else "")
+    # Said where the trainer says what it does, so the verdicts sit in the run's log in order.
+    print(f"synthct: restart verdict: seed {latest['seed']}: {judged}{latest['verdict']}", file=sys.stderr, flush=True)
 
 
 def train_with_restarts(cfg: RunConfig, run_dir: str | Path, restarts: int,
                         check_steps: int = DEFAULT_CHECK_STEPS, threshold: float = DEFAULT_THRESHOLD,
-                        overwrite: bool = False, quiet: bool = False):
+                        overwrite: bool = False):
     """Train ``cfg`` into ``run_dir`` with up to ``restarts`` fresh starts (see the module docstring);
     returns the kept start's TrainResult, or that of a start stopped early (signal, time budget)."""
     from synthct.engine.trainer import train
@@ -120,7 +121,7 @@ def train_with_restarts(cfg: RunConfig, run_dir: str | Path, restarts: int,
         if cfg.train.steps <= check_steps:
             break  # too few steps left to judge a start: the next one is the last
         cfg.train.stop_at_step = check_steps
-        result = train(cfg, run_dir, overwrite=overwrite and attempt == 0, quiet=quiet)
+        result = train(cfg, run_dir, overwrite=overwrite and attempt == 0)
         if result.stopped != "step":
             return result
         window = (check_steps // 2 + 1, check_steps)
@@ -129,17 +130,17 @@ def train_with_restarts(cfg: RunConfig, run_dir: str | Path, restarts: int,
                    "discriminator_loss": loss}
         if loss < threshold:
             verdicts.append(verdict | {"verdict": f"kept (below {threshold:g}), trained to {cfg.train.steps} steps"})
-            _record(run_dir, verdicts, check_steps, threshold, quiet)
+            _record(run_dir, verdicts, check_steps, threshold)
             cfg.train.stop_at_step = None
-            return train(cfg, run_dir, resume=True, quiet=quiet)
+            return train(cfg, run_dir, resume=True)
         folder = _set_aside(run_dir, cfg.train.seed)
         spent += result.steps
         verdicts.append(verdict | {"verdict": f"set aside (at or above {threshold:g}; chance is {LSGAN_CHANCE}) "
                                               f"in {folder.relative_to(run_dir)}, {budget - spent} steps left"})
-        _record(run_dir, verdicts, check_steps, threshold, quiet)
+        _record(run_dir, verdicts, check_steps, threshold)
     cfg.train.seed, cfg.train.steps, cfg.train.stop_at_step = first_seed + len(verdicts), budget - spent, None
-    result = train(cfg, run_dir, overwrite=overwrite and not verdicts, quiet=quiet)
-    # Recorded once the start is under way: a folder that train refused is left as it was.
+    result = train(cfg, run_dir, overwrite=overwrite and not verdicts)
+    # Recorded after the start: a folder that train refused to start in is left as it was.
     verdicts.append({"seed": cfg.train.seed, "steps": cfg.train.steps, "verdict": "kept (last start, not judged)"})
-    _record(run_dir, verdicts, check_steps, threshold, quiet)
+    _record(run_dir, verdicts, check_steps, threshold)
     return result
