@@ -1,5 +1,6 @@
-# Sourced by the gpu_*.sh scripts: a lent GPU machine's python3 has torch with CUDA but no network,
-# so SimpleITK and pydicom travel as wheels in .gpuwheels/ and synthct is installed from the tree.
+# Sourced by benchmarks/gpu_check.sh and experiments/aanlib/gpu_*.sh: a lent GPU machine's python3 has
+# torch with CUDA but no network, so SimpleITK and pydicom travel as wheels in .gpuwheels/ and synthct is
+# installed from the tree.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"

@@ -1,39 +1,39 @@
-"""The AANLIB experiment scaffolding (benchmarks/aanlib_experiment.py) on a tiny fake data folder
-with the real layout (CT/<id>.png, MRI/<id>.png, splits.csv); never the real data."""
+"""The real-scan experiment (experiments/aanlib) on a tiny fake data folder with the real layout
+(CT/<id>.png, MRI/<id>.png, splits.csv) and the real patient ids; never the real data."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
-import yaml
 
 from synthct.errors import SynthctError
 from synthct.eval.metrics import eight_bit_metrics, head_mask_8bit
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "aanlib_experiment.py"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/ runs from the repository root
+
+from experiments.aanlib import ledger  # noqa: E402
+from experiments.aanlib.__main__ import main  # noqa: E402
+from experiments.aanlib.baselines import baselines, histogram_matched, training_ct_head_pixels  # noqa: E402
+from experiments.aanlib.common import load_scored_set, protocol, read_splits  # noqa: E402
+from experiments.aanlib.curve import curve, elapsed_by_step, find_snapshots, plot_curve  # noqa: E402
+from experiments.aanlib.evaluate import evaluate, translate_scored  # noqa: E402
+from experiments.aanlib.prepare import prepare  # noqa: E402
+from experiments.aanlib.table import markdown_table, reference_lines  # noqa: E402
+
 SIZE = 32
-CASES = {"20": "train", "200": "train", "160": "test"}
-SLICES_PER_CASE = 4
+CASES = {"20": "train", "200": "train", "280": "train", "320": "train", "330": "train", "370": "train",
+         "160": "test", "410": "test"}
+SLICES_PER_CASE = 2
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("aanlib_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["aanlib_experiment"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-exp = _load_script()
+def _ids(*cases: str) -> list[str]:
+    return sorted(f"{case}{s:02d}" for case in cases for s in range(3, 3 + SLICES_PER_CASE))
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -44,34 +44,43 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 def _head(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """An MR / CT pair: a disc of head with random texture on black."""
     yy, xx = np.mgrid[:SIZE, :SIZE]
-    radius = rng.integers(9, 13)
-    head = (yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2 < radius ** 2
+    head = (yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2 < rng.integers(9, 13) ** 2
     mr = np.where(head, rng.integers(40, 200, (SIZE, SIZE)), 0)
     ct = np.where(head, rng.integers(60, 256, (SIZE, SIZE)), rng.integers(0, 5, (SIZE, SIZE)))
     return mr, ct
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("aanlib")
+def _data_folder(root: Path, cases: dict[str, str]) -> Path:
     rng = np.random.default_rng(7)
+    root.mkdir(parents=True, exist_ok=True)
     with open(root / "splits.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "case", "slice", "split"])
-        for case, split in CASES.items():
+        for case, split in cases.items():
             for s in range(3, 3 + SLICES_PER_CASE):
-                slice_id = f"{case}{s:02d}"
                 mr, ct = _head(rng)
-                _write_png(root / "MRI" / f"{slice_id}.png", mr)
-                _write_png(root / "CT" / f"{slice_id}.png", ct)
-                writer.writerow([slice_id, case, s, split])
+                _write_png(root / "MRI" / f"{case}{s:02d}.png", mr)
+                _write_png(root / "CT" / f"{case}{s:02d}.png", ct)
+                writer.writerow([f"{case}{s:02d}", case, s, split])
     return root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return _data_folder(tmp_path_factory.mktemp("aanlib"), CASES)
 
 
 @pytest.fixture(scope="module")
 def work(data_root, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("work")
-    exp.prepare(data_root, work, seed=3)
+    prepare(data_root, work, "test", seed=3)
+    return work
+
+
+@pytest.fixture(scope="module")
+def validation(data_root, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("validation")
+    prepare(data_root, work, "validation")
     return work
 
 
@@ -79,102 +88,89 @@ def _bytes_by_name(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
 
 
-def test_prepare_shuffles_each_modality_and_hides_the_pairing(data_root, work):
-    train_ids = [f"{c}{s:02d}" for c, split in CASES.items() if split == "train"
-                 for s in range(3, 3 + SLICES_PER_CASE)]
+def _read(data_root: Path, folder: str, ids: list[str]) -> list[bytes]:
+    return sorted((data_root / folder / f"{i}.png").read_bytes() for i in ids)
+
+
+def test_the_test_fold_trains_unpaired_on_every_training_case_and_scores_the_test_split(data_root, work):
+    train_ids = _ids(*(c for c, split in CASES.items() if split == "train"))
     mr, ct = _bytes_by_name(work / "train_mr"), _bytes_by_name(work / "train_ct")
-    assert len(mr) == len(ct) == len(train_ids)
-    assert not set(mr) & set(f"{i}.png" for i in train_ids) and not set(ct) & set(f"{i}.png" for i in train_ids)
+    assert not set(mr) & {f"{i}.png" for i in train_ids} and not set(ct) & {f"{i}.png" for i in train_ids}
     # Same slices, other order: every training picture is there exactly once ...
-    assert sorted(mr.values()) == sorted((data_root / "MRI" / f"{i}.png").read_bytes() for i in train_ids)
-    assert sorted(ct.values()) == sorted((data_root / "CT" / f"{i}.png").read_bytes() for i in train_ids)
+    assert sorted(mr.values()) == _read(data_root, "MRI", train_ids)
+    assert sorted(ct.values()) == _read(data_root, "CT", train_ids)
     # ... and the i-th MR and i-th CT in sorted order are not the pairs of the data set.
     pair_of = {(data_root / "MRI" / f"{i}.png").read_bytes(): (data_root / "CT" / f"{i}.png").read_bytes()
                for i in train_ids}
-    kept = sum(pair_of[m] == c for m, c in zip(mr.values(), ct.values()))
-    assert kept < len(train_ids) // 2
-    # No test slice in training; the paired folders hold the true pairs under the same names.
-    test_ids = [f"160{s:02d}" for s in range(3, 3 + SLICES_PER_CASE)]
-    assert sorted(p.stem for p in (work / "test_mr").glob("*.png")) == sorted(test_ids)
+    assert sum(pair_of[m] == c for m, c in zip(mr.values(), ct.values())) < len(train_ids) // 2
     for name, data in _bytes_by_name(work / "train_pairs" / "mr").items():
         assert pair_of[data] == (work / "train_pairs" / "ct" / name).read_bytes()
+    assert sorted(p.stem for p in (work / "scored_mr").glob("*.png")) == _ids("160", "410")
     manifest = json.loads((work / "prepare.json").read_text())
-    assert manifest["test_cases"] == ["160"] and manifest["train_cases"] == ["20", "200"]
+    assert manifest["fold"] == "test" and manifest["scored_cases"] == ["160", "410"]
+    assert manifest["train_cases"] == ["20", "200", "280", "320", "330", "370"]
+    assert "the AANLIB test split 160 and 410 (4 slices)" in protocol(work, load_scored_set(work))
 
 
-def test_prepare_refuses_to_mix_with_an_earlier_preparation(data_root, work):
+def test_the_validation_fold_holds_out_200_and_330_and_never_copies_the_test_split(data_root, validation):
+    assert sorted(p.stem for p in (validation / "scored_mr").glob("*.png")) == _ids("200", "330")
+    trained = _ids("20", "280", "320", "370")
+    assert sorted(p.stem for p in (validation / "train_pairs" / "ct").glob("*.png")) == trained
+    assert sorted(_bytes_by_name(validation / "train_ct").values()) == _read(data_root, "CT", trained)
+    copied = {data for folder in validation.rglob("*") if folder.is_dir() for data in _bytes_by_name(folder).values()}
+    assert not copied & set(_read(data_root, "MRI", _ids("160", "410")) + _read(data_root, "CT", _ids("160", "410")))
+    manifest = json.loads((validation / "prepare.json").read_text())
+    assert (manifest["fold"], manifest["scored_cases"]) == ("validation", ["200", "330"])
+    assert "the validation fold's training cases 200 and 330" in protocol(validation, load_scored_set(validation))
+
+
+def test_preparation_errors_are_one_line(data_root, work, tmp_path, capsys):
     with pytest.raises(SynthctError, match="already prepared"):
-        exp.prepare(data_root, work)
-
-
-def test_a_validation_fold_scores_held_out_training_cases_and_never_sees_the_test_split(data_root, tmp_path, capsys):
-    fold = tmp_path / "fold"
-    assert exp.main(["prepare", "--data", str(data_root), "--work", str(fold), "--holdout", "200"]) == 0
-    assert "validation slices (cases 200)" in capsys.readouterr().out
-    ids = {case: [f"{case}{s:02d}" for s in range(3, 3 + SLICES_PER_CASE)] for case in CASES}
-    assert sorted(p.stem for p in (fold / "test_mr").glob("*.png")) == ids["200"]
-    assert sorted(p.stem for p in (fold / "train_pairs" / "mr").glob("*.png")) == ids["20"]
-    trained = sorted(_bytes_by_name(fold / "train_ct").values())
-    assert trained == sorted((data_root / "CT" / f"{i}.png").read_bytes() for i in ids["20"])
-    manifest = json.loads((fold / "prepare.json").read_text())
-    assert manifest["holdout"] == ["200"] and manifest["test_cases"] == ["200"] and manifest["train_cases"] == ["20"]
-    scored = exp.load_test_set(fold)
-    assert all(item.validation for item in scored)
-    assert "held-out training cases (validation) 200 (4 slices)" in exp.protocol(scored)
-    exp.prepare(data_root, tmp_path / "test_fold")
-    assert "the AANLIB test split 160 (4 slices)" in exp.protocol(exp.load_test_set(tmp_path / "test_fold"))
-    for bad, problem in (("160", "held-out case 160 not in the train split"),
-                         ("20,200", "leaves nothing to train on")):
-        assert exp.main(["prepare", "--data", str(data_root), "--work", str(tmp_path / bad), "--holdout", bad]) == 2
+        prepare(data_root, work)
+    # A data folder without training case 370 cannot make the validation fold.
+    partial = _data_folder(tmp_path / "partial", {c: s for c, s in CASES.items() if c != "370"})
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "splits.csv").write_text("id,case,split\n2004,20,train\n")
+    for data, fold, problem in ((partial, "validation", "needs training case 370"),
+                                (tmp_path / "splits", "test", "missing column slice")):
+        assert main(["prepare", "--data", str(data), "--work", str(tmp_path / "w"), "--fold", fold]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and problem in err and "splits.csv" in err
-        assert not (tmp_path / bad).exists()
-
-
-def test_bad_splits_file_is_a_one_line_error(tmp_path, capsys):
-    (tmp_path / "splits.csv").write_text("id,case,split\n2004,20,train\n")
-    with pytest.raises(SynthctError, match="missing column slice"):
-        exp.read_splits(tmp_path)
-    assert exp.main(["prepare", "--data", str(tmp_path), "--work", str(tmp_path / "w")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "splits.csv" in err
+        assert not (tmp_path / "w").exists()
+    with pytest.raises(SynthctError, match="2004.png listed in splits.csv is missing"):
+        (tmp_path / "splits" / "splits.csv").write_text("id,case,slice,split\n2004,20,4,train\n")
+        read_splits(tmp_path / "splits")
 
 
 def test_baselines_follow_the_protocol(work):
-    found = exp.baselines(work)["baselines"]
-    test = exp.load_test_set(work)
-    assert found["mr_as_ct"]["n_slices"] == len(test) == SLICES_PER_CASE
-    per_slice = [eight_bit_metrics(t.mr, t.ct, head_mask_8bit(t.mr)) for t in test]
+    found = baselines(work)["baselines"]
+    scored = load_scored_set(work)
+    assert found["mr_as_ct"]["n_slices"] == len(scored) == 2 * SLICES_PER_CASE
+    per_slice = [eight_bit_metrics(t.mr, t.ct, head_mask_8bit(t.mr)) for t in scored]
     assert found["mr_as_ct"]["means"]["head_mae"] == pytest.approx(np.mean([m["head_mae"] for m in per_slice]))
     # Per-slice means, not pooled pixels: the slices have different head sizes.
-    pooled = np.mean(np.concatenate([np.abs(t.mr - t.ct)[t.head] for t in test]))
+    pooled = np.mean(np.concatenate([np.abs(t.mr - t.ct)[t.head] for t in scored]))
     assert found["mr_as_ct"]["means"]["head_mae"] != pytest.approx(pooled, abs=1e-9)
-    constant = np.mean([np.abs(110 - t.ct[t.head]).mean() for t in test])
-    assert found["constant_110"]["means"]["head_mae"] == pytest.approx(constant)
+    assert found["constant_110"]["means"]["head_mae"] == pytest.approx(
+        np.mean([np.abs(110 - t.ct[t.head]).mean() for t in scored]))
     oracle = found["constant_best_oracle"]["means"]["head_mae"]
     for grey in (0, 60, 110, 157, 200, 255):
-        assert oracle <= np.mean([np.abs(grey - t.ct[t.head]).mean() for t in test]) + 1e-9
+        assert oracle <= np.mean([np.abs(grey - t.ct[t.head]).mean() for t in scored]) + 1e-9
+    assert set(found["mr_as_ct"]["case_means"]) == {"160", "410"}
 
 
 def test_histogram_matching_maps_the_head_onto_the_training_ct_grey_levels(work):
-    test = exp.load_test_set(work)
-    ct_pixels = exp.training_ct_head_pixels(work)
-    matched = exp.histogram_matched(test, ct_pixels)
-    for t in test:
-        inside = matched[t.id][t.head]
-        assert np.all(matched[t.id][~t.head] == 0)
-        assert ct_pixels.min() <= inside.min() and inside.max() == pytest.approx(ct_pixels.max())
-        # Monotone: brighter MR stays brighter.
-        order = np.argsort(t.mr[t.head], kind="stable")
-        assert np.all(np.diff(inside[order]) >= 0)
-    inverted = exp.histogram_matched(test, ct_pixels, inverted=True)
-    for t in test:
-        inside = inverted[t.id][t.head]
-        assert np.all(inverted[t.id][~t.head] == 0)
-        # Monotone decreasing: brighter MR comes out darker, onto the same grey levels.
-        order = np.argsort(t.mr[t.head], kind="stable")
-        assert np.all(np.diff(inside[order]) <= 0)
-        assert ct_pixels.min() <= inside.min() and inside.max() <= ct_pixels.max()
+    scored = load_scored_set(work)
+    ct_pixels = training_ct_head_pixels(work)
+    for inverted, sign in ((False, 1), (True, -1)):
+        matched = histogram_matched(scored, ct_pixels, inverted)
+        for t in scored:
+            inside = matched[t.id][t.head]
+            assert np.all(matched[t.id][~t.head] == 0)
+            assert ct_pixels.min() <= inside.min() and inside.max() <= ct_pixels.max()
+            # Monotone: brighter MR stays brighter (or, inverted, comes out darker).
+            order = np.argsort(t.mr[t.head], kind="stable")
+            assert np.all(sign * np.diff(inside[order]) >= 0)
 
 
 def test_snapshots_and_elapsed_minutes_are_found(tmp_path):
@@ -187,292 +183,119 @@ def test_snapshots_and_elapsed_minutes_are_found(tmp_path):
     (run / "snapshots" / "generator_mr2ct_step75.safetensors").write_bytes(b"no sidecar")
     (run / "generator_mr2ct.safetensors").write_bytes(b"w")
     (run / "generator_mr2ct.json").write_text(json.dumps({"step": 300}))
-    assert [(s, p.name) for s, p in exp.find_snapshots(run)] == [
+    assert [(s, p.name) for s, p in find_snapshots(run)] == [
         (50, "generator_mr2ct_step50.safetensors"), (200, "generator_mr2ct_step200.safetensors"),
         (300, "generator_mr2ct.safetensors")]
     (run / "log.csv").write_text("step,epoch,elapsed_s,lr\n1,0,1.5,0.1\n50,0,60.0,0.1\n")
-    assert exp.elapsed_by_step(run / "log.csv") == {1: 1.5, 50: 60.0}
+    assert elapsed_by_step(run / "log.csv") == {1: 1.5, 50: 60.0}
     with pytest.raises(SynthctError, match="no MR->CT generator"):
-        exp.find_snapshots(tmp_path)
+        find_snapshots(tmp_path)
 
 
 def test_table_holds_our_rows_baselines_and_the_published_numbers(work):
-    table = exp.markdown_table([("synthct CycleGAN", "unpaired", {"head_mae": 70.04, "head_psnr": 9.0,
-                                                                  "head_ssim": 0.3, "mae": 30.0, "psnr": 12.0,
-                                                                  "ssim": 0.6})],
-                               exp.baselines(work))
+    ours = {"head_mae": 70.04, "head_psnr": 9.0, "head_ssim": 0.3, "mae": 30.0, "psnr": 12.0, "ssim": 0.6}
+    table = markdown_table([("synthct CycleGAN", "unpaired", ours)], baselines(work))
     lines = table.splitlines()
     assert lines[2].startswith("| synthct CycleGAN | unpaired | 70.0 | 9.0 | 0.30 |")
-    assert any(line.startswith("| reference CycleGAN (published) | unpaired | 82.6 | 7.3 | 0.15 | 42.1 | 10.5 | 0.51")
-               for line in lines)
+    assert "| reference CycleGAN (published) | unpaired | 82.6 | 7.3 | 0.15 | 42.1 | 10.5 | 0.51 |" in lines
     assert any(line.startswith("| MR as CT (published) | none | 84.1 | – |") for line in lines)
     assert any(line.startswith("| MR as CT | none |") for line in lines)
     assert len({line.count("|") for line in lines}) == 1
 
 
+def _result(head_mae: float) -> dict:
+    return {"n_slices": 38, "inference": {"tta": "flip", "mask": "auto"},
+            "means": {"head_mae": head_mae, "head_psnr": 9.0, "head_ssim": 0.3, "mae": 30.0, "psnr": 12.0, "ssim": 0.6}}
+
+
+def test_the_ledger_appends_one_row_per_scoring_and_keys_the_recipe_not_the_paths(tmp_path):
+    book = tmp_path / "ledger.csv"
+    config = {"data": {"mr": "/a/train_mr", "ct": "/a/train_ct", "size": 256}, "train": {"seed": 1}}
+    meta = {"step": 900, "sha256": "ab" * 32, "config": config}
+    (tmp_path / "run_x" / "snapshots").mkdir(parents=True)
+    ledger.record(book, tmp_path / "run_x", meta, _result(60.123))
+    moved = {"data": {"mr": "/b/train_mr", "ct": "/b/train_ct", "size": 256}, "train": {"seed": 1}}
+    ledger.record(book, tmp_path / "run_x" / "snapshots" / "generator_mr2ct_step0000900.safetensors",
+                  meta | {"config": moved}, _result(61.0))
+    rows = list(csv.DictReader(open(book, newline="")))
+    assert [(r["run"], r["step"], r["tta"], r["mask"], r["slices"], r["head_mae"]) for r in rows] == [
+        ("run_x", "900", "flip", "auto", "38", "60.12"), ("run_x", "900", "flip", "auto", "38", "61.00")]
+    # The same recipe in another work folder keeps its sha256; another seed does not.
+    assert rows[0]["config_sha256"] == rows[1]["config_sha256"] == ledger.config_sha256(config)
+    assert ledger.config_sha256(config | {"train": {"seed": 2}}) != rows[0]["config_sha256"]
+    assert rows[0]["date_utc"].endswith("Z") and rows[0]["weights_sha256"] == "ab" * 32
+    assert book.read_text().splitlines()[0] == ",".join(ledger.COLUMNS)
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SynthctError, match="not a ledger of test-split scorings"):
+        ledger.record(tmp_path / "other.csv", tmp_path / "run_x", meta, _result(60.0))
+
+
+def test_the_committed_ledger_has_the_ledger_columns():
+    with open(ledger.LEDGER, newline="") as fh:
+        assert tuple(next(csv.reader(fh))) == ledger.COLUMNS
+
+
+TINY = ["--set", "data.size=32", "--set", "model.ngf=4", "--set", "model.ndf=4", "--set", "model.blocks=1",
+        "--set", "model.pool_size=2", "--set", "train.precision=fp32", "--set", "train.sample_every=0",
+        "--set", "train.checkpoint_every=0", "--set", "train.threads=1", "--set", "train.device=cpu"]
+
+
+def _ledger_rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
+
+
 @pytest.mark.slow
-def test_train_evaluate_curve_end_to_end(work, tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    code = exp.train_run(work, "cyclegan", run, minutes=5.0, overrides=[
-        "data.size=32", "model.ngf=4", "model.ndf=4", "model.blocks=1", "model.pool_size=2",
-        "train.steps=3", "train.epochs=null", "train.precision=fp32", "train.sample_every=0",
-        "train.checkpoint_every=0", "train.threads=1"])
-    assert code == 0
-    result = exp.evaluate(work, run, "tiny", device="cpu")
-    assert result["generator"]["step"] == 3
-    assert [row["id"] for row in result["per_slice"]] == [f"160{s:02d}" for s in range(3, 3 + SLICES_PER_CASE)]
-    assert 0 <= result["means"]["head_mae"] <= 255
-    # A generator replaced while it is scored (its training still exporting) is an error, not a
-    # score recorded under the new weights' step and checksum.
+def test_train_evaluate_curve_end_to_end(work, validation, tmp_path, monkeypatch):
+    run, book = tmp_path / "run", tmp_path / "ledger.csv"
+    # The preset keeps snapshots (step 0 and every 5 minutes): the curve has the start and the end.
+    assert main(["train", "--work", str(work), "--run", str(run), "--steps", "3", *TINY]) == 0
+    result = evaluate(work, run, "tiny", device="cpu", ledger_path=book)
+    assert result["generator"]["step"] == 3 and 0 <= result["means"]["head_mae"] <= 255
+    assert [row["id"] for row in result["per_slice"]] == _ids("160", "410")
+    assert [(r["run"], r["step"], r["head_mae"]) for r in _ledger_rows(book)] == [
+        ("run", "3", f"{result['means']['head_mae']:.2f}")]
+    # Scoring the validation fold records nothing.
+    assert evaluate(validation, run, "tiny", device="cpu", ledger_path=book)["n_slices"] == 2 * SLICES_PER_CASE
+    assert len(_ledger_rows(book)) == 1
+    # A generator replaced while it is scored is an error, not a score under the new weights' checksum.
     sidecar = run / "generator_mr2ct.json"
     original = sidecar.read_text(encoding="utf-8")
-    scoring = exp.translate_test_set
 
     def replaced_meanwhile(*args, **kwargs):
-        predictions = scoring(*args, **kwargs)
+        predictions = translate_scored(*args, **kwargs)
         sidecar.write_text(original.replace(result["generator"]["sha256"], "0" * 64), encoding="utf-8")
         return predictions
 
     with monkeypatch.context() as patch:
-        patch.setattr(exp, "translate_test_set", replaced_meanwhile)
+        patch.setattr("experiments.aanlib.evaluate.translate_scored", replaced_meanwhile)
         with pytest.raises(SynthctError, match="replaced while it was being scored"):
-            exp.evaluate(work, run, "tiny", device="cpu")
+            evaluate(work, run, "tiny", device="cpu", ledger_path=book)
     sidecar.write_text(original, encoding="utf-8")
-    points = exp.curve(work, run, device="cpu")["points"]
-    # The preset snapshots the untrained generator at step 0; the final generator closes the curve.
-    assert [(p["step"], p["minutes"]) for p in points][0] == (0, 0.0)
-    assert [p["step"] for p in points] == [0, 3] and points[-1]["means"] == result["means"]
-    plot = tmp_path / "curve.png"
-    exp.plot_curve({"run": str(run), "points": points}, exp.reference_lines(work), plot)
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Weight averaging over the end of the run: every snapshot from minute 0 is steps 0 and 3.
-    from synthct.engine.checkpoint import load_generator
-
-    weights, steps = exp.average_snapshots(run, 0.0, tmp_path / "average")
-    assert steps == [0, 3]
-    (first, _), (last, _), (average, meta) = (load_generator(p) for p in
-                                              (points[0]["generator"], points[1]["generator"], weights))
-    assert meta["averaged_steps"] == [0, 3]
-    for name, value in average.state_dict().items():
-        expected = (first.state_dict()[name] + last.state_dict()[name]) / 2
-        assert torch.allclose(value, expected, atol=1e-7), name
-    assert not torch.equal(average.state_dict()["stem.1.weight"], last.state_dict()["stem.1.weight"])
-    with pytest.raises(SynthctError, match="no generator snapshot at or after minute 999"):
-        exp.average_snapshots(run, 999.0, tmp_path / "none")
-    # The command keeps the averaged generator and its score apart, and refuses to redo them.
-    work_copy = tmp_path / "work"
-    shutil.copytree(work, work_copy)
-    command = ["average", "--work", str(work_copy), "--run", str(run), "--from-minutes", "0", "--device", "cpu"]
-    assert exp.main(command) == 0
-    results = work_copy / "results"
-    score = json.loads((results / "average_run_from0.json").read_text(encoding="utf-8"))
-    assert score["generator"]["averaged_steps"] == [0, 3] and 0 <= score["means"]["head_mae"] <= 255
-    averaged, _ = load_generator(results / "average_run_from0_generator.safetensors")
-    assert torch.allclose(averaged.state_dict()["stem.1.weight"], average.state_dict()["stem.1.weight"])
-    assert exp.main(command) == 2
-    # The brightness diagnostic on the same run: its head MAE before the offset is evaluate's.
-    test = exp.load_test_set(work)
-    windowing = exp.offset_removed(exp.translate_test_set(run, test, "cpu"), test)
-    assert windowing["cases"]["160"]["head_mae"] == pytest.approx(result["case_means"]["160"]["head_mae"])
-    assert windowing["means"]["head_mae_offset_removed"] <= windowing["means"]["head_mae"] + 1e-9
-    # Scored as `synthct translate --tta flip --mask auto` would translate: air (0) outside the
-    # MR's body, inside it the flip-averaged translation, which is not the plain one.
-    from synthct.data.mask import body_mask
-
-    plain = exp.translate_test_set(run, test, "cpu")
-    masked = exp.translate_test_set(run, test, "cpu", tta="flip", mask="auto")
-    for t in test:
-        body = body_mask(t.mr, "8bit")
-        assert np.all(masked[t.id][~body] == 0) and not np.all(plain[t.id][~body] == 0)
-        assert not np.allclose(masked[t.id][body], plain[t.id][body])
-    command = ["evaluate", "--work", str(work_copy), "--run", str(run), "--device", "cpu", "--tta", "flip",
-               "--mask", "auto"]
-    assert exp.main(command) == 0
-    scored = json.loads((results / "run_tta-flip_mask-auto.json").read_text(encoding="utf-8"))
+    assert len(_ledger_rows(book)) == 1
+    found = curve(work, run, device="cpu", ledger_path=book)
+    assert [(p["step"], p["minutes"]) for p in found["points"]][0] == (0, 0.0)
+    assert [p["step"] for p in found["points"]] == [0, 3] and found["points"][-1]["means"] == result["means"]
+    assert [r["step"] for r in _ledger_rows(book)] == ["3", "0", "3"]
+    plot_curve(found, reference_lines(work), tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Scored as `synthct translate --tta flip --mask auto` translates; the ledger names the options.
+    command = ["evaluate", "--work", str(work), "--run", str(run), "--device", "cpu", "--tta", "flip", "--mask", "auto",
+               "--ledger", str(book), "--out", str(tmp_path / "scored.json")]
+    assert main(command) == 0 and main(command) == 2
+    scored = json.loads((tmp_path / "scored.json").read_text(encoding="utf-8"))
     assert scored["inference"] == {"tta": "flip", "mask": "auto"}
     assert scored["means"]["head_mae"] != pytest.approx(result["means"]["head_mae"])
-    assert exp.curve(work, run, "cpu", "flip", "auto")["points"][-1]["means"] == scored["means"]
-    # Structure: the run beside the two reference rows, with each slice's cycle-QA error, which
-    # is what `synthct translate --qa` reports for that slice.
-    assert exp.main(["structure", "--work", str(work_copy), "--run", str(run), "--device", "cpu"]) == 0
-    found = json.loads((results / "structure.json").read_text(encoding="utf-8"))
-    assert [row["name"] for row in found["rows"]] == ["ct_through_128", "mr_as_ct", "run"]
-    ours = found["rows"][2]
-    assert ours["means"]["head_mae"] == pytest.approx(result["means"]["head_mae"])
-    from synthct.io.image import read_image
-    from synthct.translate.translator import Translator
-
-    qa = Translator(run, "mr2ct", device="cpu").translate_volume(read_image(test[0].mr_path), qa=True)
-    assert ours["per_slice"][0]["cycle_error"] == pytest.approx(qa.summary.mean_error_in_body)
-    assert -1 <= ours["means"]["cycle_error_vs_head_mae_spearman"] <= 1
-    assert exp.main(["structure", "--work", str(work_copy), "--run", str(run), "--device", "cpu"]) == 2
+    assert [(r["tta"], r["mask"]) for r in _ledger_rows(book)][-1] == ("flip", "auto") and len(_ledger_rows(book)) == 4
 
 
-def test_structure_of_the_real_ct_itself_is_perfect_and_of_a_blurred_one_is_not(work):
-    test = exp.load_test_set(work)
-    itself = exp.structure_scores({t.id: t.ct for t in test}, test, "ct")["means"]
-    assert itself == {"bone_dice": 1.0, "bone_invented": 0.0, "bone_missed": 0.0, "edge_ratio": 1.0, "head_mae": 0.0}
-    blurred = exp.structure_scores({t.id: exp.resampled_through(t.ct, SIZE // 4) for t in test}, test, "ct/4")
-    assert blurred["means"]["edge_ratio"] < 0.9 and blurred["means"]["bone_dice"] < 1.0
-
-
-def test_ct_levels_are_each_patients_median_in_head_grey(data_root, capsys, tmp_path):
-    levels = exp.ct_levels(data_root)
-    assert list(levels) == ["20", "160", "200"]
-    for case, split in CASES.items():
-        medians = []
-        for s in range(3, 3 + SLICES_PER_CASE):
-            mr = exp.read_8bit(data_root / "MRI" / f"{case}{s:02d}.png")
-            medians.append(np.median(exp.read_8bit(data_root / "CT" / f"{case}{s:02d}.png")[head_mask_8bit(mr)]))
-        assert levels[case] == {"split": split, "slices": SLICES_PER_CASE, "head_median": float(np.median(medians))}
-    args = ["windowing", "--data", str(data_root), "--work", str(tmp_path)]
-    assert exp.main(args) == 0
-    assert json.loads((tmp_path / "results" / "windowing.json").read_text())["ct_levels"] == levels
-    capsys.readouterr()
-    assert exp.main(args) == 2 and "use --overwrite" in capsys.readouterr().err
-
-
-def test_offset_removed_takes_one_brightness_shift_per_patient_off():
-    yy, xx = np.mgrid[:24, :24]
-    head = (yy - 12) ** 2 + (xx - 12) ** 2 < 81
-    ct = np.where(head, 50 + (yy * 5 + xx * 3) % 150, 0).astype(np.float64)
-    noise = 10.0 * ((yy + xx) % 3 - 1)  # -10, 0, +10 in thirds: no shift, 10 off on two thirds
-    test = [exp.TestSlice(f"{case}{n}", case, Path("unused.png"), ct, ct, head) for case in ("1", "2") for n in range(2)]
-    found = exp.offset_removed({t.id: ct + (30.0 if t.case == "1" else noise) for t in test}, test)
-    # Patient 1: everything 30 too bright, nothing else wrong; patient 2: no shift, anatomy off.
-    assert found["cases"]["1"] == {"slices": 2, "median_error": 30.0, "head_mae": 30.0, "head_mae_offset_removed": 0.0}
-    second = found["cases"]["2"]
-    assert second["median_error"] == 0.0
-    assert second["head_mae"] == second["head_mae_offset_removed"] == pytest.approx(np.abs(noise[head]).mean())
-    assert found["means"] == pytest.approx({"head_mae": (30.0 + second["head_mae"]) / 2,
-                                            "head_mae_offset_removed": second["head_mae"] / 2})
-
-
-TINY_RUN = ["data.size=32", "model.ngf=4", "model.ndf=4", "model.blocks=1", "model.pool_size=2",
-            "train.epochs=null", "train.precision=fp32", "train.sample_every=0", "train.checkpoint_every=0",
-            "train.threads=1", "train.log_every=1", "train.seed=5"]
-
-
-def _config_seed(run: Path) -> int:
-    return yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["seed"]
-
-
-def test_restarts_set_aside_starts_whose_discriminators_sit_at_chance(work, tmp_path, capsys):
-    # A threshold of 0 rejects every start: two are set aside, the third seed trains to the end
-    # on what the rejected starts left of the budget.
+@pytest.mark.slow
+def test_train_with_restarts_goes_through_the_package(work, tmp_path):
     run = tmp_path / "run"
-    code = exp.train_with_restarts(work, run, minutes=5.0, overrides=TINY_RUN + ["train.steps=6"],
-                                   restarts=2, check_steps=4, threshold=0.0)
-    assert code == 0
-    for seed in (5, 6):
-        rejected = tmp_path / f"run.rejected_seed{seed}"
-        assert _config_seed(rejected) == seed
-        assert [int(r["step"]) for r in csv.DictReader(open(rejected / "log.csv"))] == [1, 2, 3, 4]
-    assert _config_seed(run) == 7
-    assert [int(r["step"]) for r in csv.DictReader(open(run / "log.csv"))] == list(range(1, 7))
-    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]
-    assert 4.0 < config["max_minutes"] < 5.0 and config["stop_at_step"] is None
-    assert "set aside as run.rejected_seed5" in capsys.readouterr().out
-
-
-def test_a_start_with_a_learning_discriminator_continues_where_it_was_judged(work, tmp_path, capsys):
-    run = tmp_path / "run"
-    code = exp.train_with_restarts(work, run, minutes=5.0, overrides=TINY_RUN + ["train.steps=6"],
-                                   restarts=2, check_steps=4, threshold=1.0)
-    assert code == 0 and not list(tmp_path.glob("run.rejected_*"))
-    assert _config_seed(run) == 5
-    assert [int(r["step"]) for r in csv.DictReader(open(run / "log.csv"))] == list(range(1, 7))
-    assert "continuing this start" in capsys.readouterr().out
-    # The losses judged are those the log holds for the second half of the check.
-    rows = [r for r in csv.DictReader(open(run / "log.csv")) if int(r["step"]) in (3, 4)]
-    expected = np.mean([(float(r["D_ct"]) + float(r["D_mr"])) / 2 for r in rows])
-    assert exp.discriminator_loss_window(run, 3, 4) == pytest.approx(expected)
-
-
-def test_restarts_refuse_to_overwrite_a_set_aside_start(work, tmp_path):
-    (tmp_path / "run.rejected_seed5").mkdir()
-    with pytest.raises(SynthctError, match="move it away"):
-        exp.train_with_restarts(work, tmp_path / "run", minutes=5.0, overrides=TINY_RUN + ["train.steps=6"],
-                                restarts=1, check_steps=4, threshold=0.0)
-    assert not (tmp_path / "run").exists()
-
-
-def test_the_discriminators_command_prints_each_runs_window_and_errs_in_one_line(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    with open(run / "log.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["step", "warm_ct", "D_ct", "D_mr"])
-        writer.writerow([1, 0.5, "", ""])  # a warm-up step logs no discriminator losses
-        for step, (d_ct, d_mr) in enumerate([(0.3, 0.1), (0.2, 0.2), (0.25, 0.25)], start=2):
-            writer.writerow([step, "", d_ct, d_mr])
-    assert exp.main(["discriminators", "--run", str(run), "--steps", "1-3"]) == 0
-    assert capsys.readouterr().out.strip() == "run: 0.200"
-    for args, message in ((["--run", str(tmp_path)], "no training log"),
-                          (["--run", str(run), "--steps", "5-9"], "no discriminator losses logged for steps 5-9"),
-                          (["--run", str(run), "--steps", "9-5"], "--steps must be FIRST-LAST")):
-        assert exp.main(["discriminators", *args]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and message in err
-
-
-def test_the_discriminators_command_prints_the_source_terms_of_a_run_that_logs_them(tmp_path, capsys):
-    run = tmp_path / "src"
-    run.mkdir()
-    with open(run / "log.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["step", "D_ct", "D_mr", "D_ct_source", "D_mr_source"])
-        writer.writerow([1, 0.3, 0.2, 0.04, 0.06])
-        writer.writerow([2, 0.2, 0.3, 0.02, 0.03])
-        writer.writerow([3, 0.9, 0.9, 0.9, 0.9])  # outside the window
-    assert exp.main(["discriminators", "--run", str(run), "--steps", "1-2"]) == 0
-    assert capsys.readouterr().out.strip() == "src: 0.250 (source terms D_ct / D_mr: 0.030 / 0.045)"
-
-
-def test_the_discriminators_command_prints_each_scale_of_a_multiscale_run(tmp_path, capsys):
-    run = tmp_path / "ms"
-    run.mkdir()
-    with open(run / "log.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["step", "D_ct", "D_mr", "D_ct_scale0", "D_ct_scale1", "D_mr_scale0", "D_mr_scale1"])
-        writer.writerow([1, 0.2, 0.3, 0.3, 0.1, 0.24, 0.36])
-        writer.writerow([2, 0.1, 0.1, 0.14, 0.06, 0.2, 0.0])
-    assert exp.main(["discriminators", "--run", str(run), "--steps", "1-2"]) == 0
-    assert capsys.readouterr().out.strip() == "ms: 0.175 (scales 1, 1/2, ...: 0.220, 0.130)"
-
-
-def test_cycle_code_measures_the_mr_cycle_error_of_each_snapshot_under_noise(work, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert exp.train_run(work, "cyclegan", run, minutes=5.0, overrides=[
-        "data.size=32", "model.ngf=4", "model.ndf=4", "model.blocks=1", "model.pool_size=2",
-        "train.steps=2", "train.epochs=null", "train.precision=fp32", "train.sample_every=0",
-        "train.checkpoint_every=0", "train.threads=1"]) == 0
-    found = exp.cycle_code(work, run, (0.0, 0.5), slices=3)
-    train_mr = sorted((work / "train_mr").glob("*.png"))[:3]
-    assert found["slices"] == [path.name for path in train_mr]  # training MRs only
-    assert [point["step"] for point in found["points"]] == [0, 2]
-    # Without noise, the final snapshot's number is the in-head |F(G(mr)) - mr| in grey levels.
-    from synthct.engine.checkpoint import load_generator
-
-    G, _ = load_generator(run, "mr2ct", device="cpu")
-    F, _ = load_generator(run, "ct2mr", device="cpu")
-    mr = np.stack([exp.read_8bit(path) for path in train_mr])
-    with torch.no_grad():
-        x = torch.from_numpy(mr / 127.5 - 1).float()[:, None]
-        fake, rec = G(x), F(G(x))
-    head = head_mask_8bit(mr)
-    final = found["points"][-1]
-    assert final["cycle_error_by_sigma"]["0.0"] == pytest.approx(
-        float(np.abs(rec[:, 0].numpy() - x[:, 0].numpy())[head].mean() * 127.5), rel=1e-5)
-    assert final["fake_ct_head_median"] == pytest.approx(float((np.median(fake[:, 0].numpy()[head]) + 1) * 127.5),
-                                                         abs=0.5)
-    assert final["cycle_error_by_sigma"]["0.5"] != pytest.approx(final["cycle_error_by_sigma"]["0.0"])
-    # The command prints a table, keeps its result and refuses to redo it or to take bad sigmas.
-    command = ["cycle-code", "--work", str(work), "--run", str(run), "--slices", "3", "--sigmas", "0,0.5"]
-    assert exp.main(command) == 0
-    assert "| 2 |" in capsys.readouterr().out
-    assert json.loads((work / "results" / "cycle_code_run.json").read_text(encoding="utf-8"))["points"] == found["points"]
-    assert exp.main(command) == 2
-    assert exp.main(["cycle-code", "--work", str(work), "--run", str(run), "--sigmas", "0,a", "--overwrite"]) == 2
-    assert "--sigmas must be comma-separated numbers, got '0,a'" in capsys.readouterr().err
-    (work / "results" / "cycle_code_run.json").unlink()
+    # A threshold no LSGAN loss reaches keeps the first start, judged after 2 of its 4 steps.
+    assert main(["train", "--work", str(work), "--run", str(run), "--steps", "4", "--restarts", "2",
+                 "--restart-check-steps", "2", "--restart-threshold", "1e9", *TINY]) == 0
+    starts = json.loads((run / "restarts.json").read_text(encoding="utf-8"))["starts"]
+    assert [(s["seed"], s["window"]) for s in starts] == [(0, "2-2")] and starts[0]["verdict"].startswith("kept")
+    assert json.loads((run / "generator_mr2ct.json").read_text(encoding="utf-8"))["step"] == 4
+    assert main(["train", "--work", str(work), "--run", str(tmp_path / "r2"), "--minutes", "1", "--restarts", "1",
+                 *TINY]) == 2

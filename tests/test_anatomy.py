@@ -160,3 +160,34 @@ def test_adjacent_slice_difference_rejects_single_slices_and_empty_masks():
         adjacent_slice_difference(np.zeros((1, 4, 4)))
     with pytest.raises(SynthctError, match="no voxel"):
         adjacent_slice_difference(np.zeros((3, 4, 4)), np.zeros((3, 4, 4)))
+
+
+def test_the_phantom_experiment_trains_each_variant_through_a_valid_synthct_train_command(tmp_path):
+    """experiments/phantom_anatomy.py: unpaired variants learn MR and CT of different cases, and
+    every variant's command line parses into the config it names."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from synthct.cli import build_parser
+    from synthct.commands.train import build_config
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/ runs from the repository root
+    from experiments import phantom_anatomy as experiment
+
+    args = argparse.Namespace(train_cases=2, test_cases=1, size=32, depth=8, spacing=(2.0, 2.0, 4.0), seed=0,
+                              minutes=0.5, threads=1)
+    folders = experiment.prepare(tmp_path, args)
+    mr = {p.name for p in folders["mr"].iterdir()}
+    ct = {p.name for p in folders["ct"].iterdir()}
+    assert len(mr) == len(ct) == 2 and not mr & ct
+    assert len([p for p in folders["test"].iterdir()]) == 1
+    expected = {"cyclegan": ("cyclegan", 0.0), "cyclegan_mind": ("cyclegan", 5.0), "cut": ("cut", 0.0),
+                "pix2pix": ("pix2pix", 0.0)}
+    for variant, (model, lambda_struct) in expected.items():
+        command = experiment.train_command(variant, folders, tmp_path / "runs" / variant, args)
+        assert command[1:4] == ["-m", "synthct", "train"]
+        cfg = build_config(build_parser().parse_args(command[3:]))
+        assert (cfg.model.name, cfg.model.lambda_struct, cfg.train.clock) == (model, lambda_struct, "cpu")
+    cfg = build_config(build_parser().parse_args(experiment.train_command("cyclegan_25d", folders, tmp_path, args)[3:]))
+    assert cfg.data.slices == 3

@@ -4,7 +4,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.util import crop
 
 from synthct.errors import SynthctError
-from synthct.eval.metrics import bone_agreement, edge_strength, eight_bit_metrics, head_mask_8bit, hu_metrics
+from synthct.eval.metrics import bone_agreement, eight_bit_metrics, head_mask_8bit, hu_metrics
 
 
 def test_mae_me_psnr_by_hand_on_tiny_arrays():
@@ -166,14 +166,3 @@ def test_bone_agreement_is_the_same_on_a_large_canvas_with_bone_outside_the_regi
     found = bone_agreement(canvas(pred), canvas(ref), in_canvas, 200, tolerance=2, spacing=(9.0, 1.0, 1.0))
     assert found == pytest.approx(expected)
 
-
-def test_edge_strength_is_lower_for_a_blurred_image_and_needs_a_region():
-    from scipy import ndimage
-
-    skull = np.where(_ring((64, 64), (32, 32), 20, 24), 255.0, 100.0)
-    region = np.ones((64, 64), bool)
-    sharp = edge_strength(skull, region)
-    assert sharp > 0 and edge_strength(ndimage.gaussian_filter(skull, 2.0), region) < 0.7 * sharp
-    assert edge_strength(np.full((64, 64), 7.0), region) == 0.0
-    with pytest.raises(SynthctError, match="region is empty"):
-        edge_strength(skull, np.zeros((64, 64), bool))

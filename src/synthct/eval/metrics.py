@@ -229,22 +229,3 @@ def bone_agreement(pred: np.ndarray, ref: np.ndarray, region: np.ndarray, thresh
     return {"bone_dice": dice, "bone_invented": farther(pred_bone, ref_bone),
             "bone_missed": farther(ref_bone, pred_bone)}
 
-
-def edge_strength(image: np.ndarray, region: np.ndarray, percentile: float = 95.0) -> float:
-    """A high percentile of the in-plane gradient magnitude (Sobel) inside ``region``.
-
-    Strong edges (skull against brain or air) dominate the upper percentiles, noise and soft
-    tissue the lower ones; a blurred image has lower values at the top. Its ratio between a
-    synthetic and a real image does not depend on where the edges lie, so approximately
-    registered pairs compare fairly.
-    """
-    image = np.asarray(image, dtype=np.float64)
-    region = np.asarray(region) > 0
-    if image.ndim == 2:
-        image, region = image[None], region[None]
-    if image.shape != region.shape or image.ndim != 3:
-        raise SynthctError(f"shapes differ or are not (z, y, x): image {image.shape}, region {region.shape}")
-    if not region.any():
-        raise SynthctError("region is empty; no pixel to measure")
-    magnitude = np.stack([np.hypot(ndimage.sobel(s, axis=0), ndimage.sobel(s, axis=1)) for s in image])
-    return float(np.percentile(magnitude[region], percentile))

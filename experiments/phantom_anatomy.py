@@ -16,9 +16,10 @@ cases 2n.. are translated MR -> CT and scored against their true CT in HU
 slice-to-slice jitter ``adjacent_slice_difference`` of the synthetic CT over that of the true CT.
 
 Budgets are CPU time (``train.clock: cpu``; neither steps nor epochs, so the lr schedule follows
-the clock), fair on a shared machine. Everything goes under ``--work`` (git-ignored).
+the clock), fair on a shared machine. Everything goes under ``--work`` (default ``runs/anatomy``,
+ignored by git).
 
-    python benchmarks/anatomy_experiment.py --minutes 3 --jobs 2
+    python -m experiments.phantom_anatomy --minutes 3 --jobs 2
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from synthct.io.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_WORK = REPO / "experiments" / "anatomy"
+DEFAULT_WORK = REPO / "runs" / "anatomy"
 # MIND distances of a phantom MR to its aligned CT are ~0.18 and grow by only ~0.035 for a
 # 4-pixel shift, so lambda 1 would make misplaced anatomy nearly free next to the GAN and cycle
 # terms (~1); 5 puts a 4-pixel shift (~0.35 for both directions) on the scale of the GAN term.
@@ -163,9 +166,9 @@ def main(argv=None) -> int:
     for variant in args.variants:
         results[variant] = trained[variant] | translate_and_score(variant, folders, work)
         print(f"{variant}: {results[variant]['mean']}", flush=True)
-    (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    atomic_write_text(work / "results.json", json.dumps(results, indent=2, default=str))
     markdown = table(results, args.minutes)
-    (work / "table.md").write_text(markdown + "\n\nCommands:\n\n" + "\n".join(
+    atomic_write_text(work / "table.md", markdown + "\n\nCommands:\n\n" + "\n".join(
         shlex.join(r["command"]) for r in results.values()) + "\n")
     print(markdown)
     return 0

@@ -1,0 +1,174 @@
+"""python -m experiments.aanlib COMMAND: the real-scan experiment's command line (see README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from synthct.engine.restarts import DEFAULT_CHECK_STEPS, DEFAULT_THRESHOLD
+from synthct.errors import SynthctError
+from synthct.io.atomic import atomic_write_text
+
+from experiments.aanlib import ledger
+from experiments.aanlib.common import DEFAULT_DATA, REPO, RUNS, refuse_existing, summary, write_json
+from experiments.aanlib.prepare import FOLDS
+
+INFERENCE = (("--tta", dict(choices=("none", "flip"), default="none", help="as synthct translate --tta")),
+             ("--mask", dict(choices=("auto", "none"), help="as synthct translate --mask (default: the model's)")))
+
+
+def cmd_prepare(args) -> None:
+    from experiments.aanlib.prepare import prepare
+
+    manifest = prepare(args.data, args.work, args.fold, args.seed, args.overwrite)
+    print(f"prepared the {args.fold} fold in {args.work}: {manifest['train_slices']} training slices (cases "
+          f"{', '.join(manifest['train_cases'])}), {len(manifest['scored'])} scored slices (cases "
+          f"{', '.join(manifest['scored_cases'])})")
+
+
+def cmd_baselines(args) -> None:
+    from experiments.aanlib.baselines import baselines
+
+    out = args.work / "results" / "baselines.json"
+    refuse_existing(out, args.overwrite)
+    found = baselines(args.work)
+    write_json(out, found, args.overwrite)
+    for result in found["baselines"].values():
+        print(summary(result))
+    print(f"written to {out}")
+
+
+def cmd_train(args) -> int:
+    from experiments.aanlib.train import train_run
+
+    restarts = (args.restarts, args.restart_check_steps, args.restart_threshold) if args.restarts else None
+    return train_run(args.work, args.model, args.run or args.work / "runs" / args.model, args.overrides,
+                     args.minutes, args.steps, restarts, args.overwrite)
+
+
+def cmd_evaluate(args) -> None:
+    from experiments.aanlib.evaluate import evaluate, inference_suffix
+
+    name = (args.run.stem if args.run.is_file() else args.run.name) + inference_suffix(args.tta, args.mask)
+    out = args.out or args.work / "results" / f"{name}.json"
+    refuse_existing(out, args.overwrite)
+    result = evaluate(args.work, args.run, name, args.device, tta=args.tta, mask=args.mask, ledger_path=args.ledger)
+    write_json(out, result, args.overwrite)
+    print(summary(result))
+    print(f"written to {out}")
+
+
+def cmd_curve(args) -> None:
+    from experiments.aanlib.curve import curve, plot_curve
+    from experiments.aanlib.evaluate import inference_suffix
+    from experiments.aanlib.table import reference_lines
+
+    name = args.run.name + inference_suffix(args.tta, args.mask)
+    points_file, plot_file = (args.work / "results" / f"curve_{name}{suffix}" for suffix in (".json", ".png"))
+    refuse_existing(points_file, args.overwrite)
+    found = curve(args.work, args.run, args.device, args.tta, args.mask, args.ledger)
+    write_json(points_file, found, args.overwrite)
+    plot_curve(found, reference_lines(args.work), plot_file)
+    for point in found["points"]:
+        print(f"step {point['step']:>7}  {point['minutes']:7.1f} min  head MAE {point['means']['head_mae']:.2f}")
+    print(f"written to {points_file} and {plot_file}")
+
+
+def _labelled(items: list[str], option: str) -> list[tuple[str, str]]:
+    if bad := [item for item in items if "=" not in item]:
+        raise SynthctError(f"{option} expects LABEL=VALUE, got '{bad[0]}'")
+    return [tuple(item.split("=", 1)) for item in items]
+
+
+def cmd_table(args) -> None:
+    from experiments.aanlib.table import markdown_table
+
+    pairing = dict(_labelled(args.pairing, "--pairing"))
+    ours = []
+    for label, path in _labelled(args.result, "--result"):
+        if not Path(path).is_file():
+            raise SynthctError("result not found", path)
+        means = json.loads(Path(path).read_text(encoding="utf-8"))["means"]
+        ours.append((label, pairing.get(label, "unpaired"), means))
+    baseline_file = args.work / "results" / "baselines.json"
+    found = json.loads(baseline_file.read_text(encoding="utf-8")) if baseline_file.is_file() else None
+    table = markdown_table(ours, found)
+    if args.out:
+        refuse_existing(args.out, args.overwrite)
+        atomic_write_text(args.out, table)
+    else:
+        print(table, end="")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=("cyclegan", "pix2pix"), default="cyclegan")
+    p.add_argument("--run", type=Path, help="run folder (default WORK/runs/<model>)")
+    p.add_argument("--minutes", type=float, help="wall-clock budget; without --steps the lr schedule follows it")
+    p.add_argument("--steps", type=int, help="optimisation steps (needed with --restarts)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set model.ngf=16 (repeatable)")
+    p.add_argument("--restarts", type=int, default=0, metavar="N", help="as synthct train --restarts (default 0)")
+    p.add_argument("--restart-check-steps", type=int, default=DEFAULT_CHECK_STEPS, metavar="STEPS",
+                   help=f"as synthct train (default {DEFAULT_CHECK_STEPS})")
+    p.add_argument("--restart-threshold", type=float, default=DEFAULT_THRESHOLD, metavar="LOSS",
+                   help=f"as synthct train (default {DEFAULT_THRESHOLD:g})")
+
+
+def _add_scoring_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--run", type=Path, required=True, help=what)
+    for flag, options in INFERENCE:
+        p.add_argument(flag, **options)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--ledger", type=Path, default=ledger.LEDGER,
+                   help=f"where test-split scorings are recorded (default {ledger.LEDGER.relative_to(REPO)})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.aanlib",
+                                     description="MR -> CT on the Harvard AANLIB brain CT / MR slice pairs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--fold", choices=FOLDS, default="test",
+                       help="test: train on the six training patients, score the test split (the final recipe); "
+                            "validation: train on 20, 280, 320, 370 and score 200, 330 (choosing settings)")
+        p.add_argument("--work", type=Path, help=f"experiment folder (default {RUNS.relative_to(REPO)}/FOLD)")
+        p.add_argument("--overwrite", action="store_true")
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("prepare", cmd_prepare,
+                "copy the fold's slices into unpaired and paired training folders and the scored set")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="AANLIB folder with CT/, MRI/, splits.csv")
+    p.add_argument("--seed", type=int, default=0, help="seed of the independent MR and CT shuffles")
+    command("baselines", cmd_baselines, "score MR-as-CT, histogram matching and constant baselines")
+    _add_train_options(command("train", cmd_train, "train a preset on the prepared folders"))
+    p = command("evaluate", cmd_evaluate, "translate the scored MR slices with a run's generator and score them")
+    _add_scoring_options(p, "run folder or generator .safetensors")
+    p.add_argument("--out", type=Path, help="result JSON (default WORK/results/<run>[_tta-flip][_mask-auto].json)")
+    _add_scoring_options(command("curve", cmd_curve, "score every generator snapshot of a run against its minutes"),
+                         "run folder")
+    p = command("table", cmd_table, "Markdown table of results, baselines and the reference's published numbers")
+    p.add_argument("--result", action="append", default=[], metavar="LABEL=RESULT.json",
+                   help="an evaluate result with its row label (repeatable)")
+    p.add_argument("--pairing", action="append", default=[], metavar="LABEL=PAIRING",
+                   help="pairing column of a --result row (default: unpaired)")
+    p.add_argument("--out", type=Path, help="write the table here (default: print it)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.work = args.work or RUNS / args.fold
+    try:
+        return args.handler(args) or 0
+    except SynthctError as exc:
+        print(f"experiments.aanlib: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Restarts judged on the discriminators: ``synthct train --restarts N``.
+
+A CycleGAN start can spend its whole budget in a state where its discriminators tell real from
+fake no better than chance, and such a start rarely recovers. Each start trains
+``check_steps`` steps (``train.stop_at_step``) and is judged on the mean logged LSGAN
+discriminator loss over the second half of those steps (``D_ct`` and ``D_mr`` of ``log.csv``):
+
+* below ``threshold`` the discriminators are learning, and the start is resumed to the end;
+* at or above it (chance is 0.25) the start is set aside in ``RUN_DIR/restarts/seed_<n>/`` and the
+  next seed starts.
+
+At most N starts are set aside; the last start is always kept. The steps of the starts set aside
+count toward ``train.steps``: the kept start trains what they left. The verdicts go to
+``RUN_DIR/restarts.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from synthct.config import RunConfig
+from synthct.errors import SynthctError
+from synthct.io.atomic import atomic_write_text
+
+# The LSGAN discriminator loss 0.5 * ((D(real) - 1)^2 + D(fake)^2) of a discriminator that answers
+# 0.5 to everything: it has learnt nothing that tells the domains apart.
+LSGAN_CHANCE = 0.25
+DEFAULT_CHECK_STEPS = 100
+DEFAULT_THRESHOLD = 0.20
+SET_ASIDE = "restarts"
+VERDICTS = "restarts.json"
+DISCRIMINATOR_COLUMNS = ("D_ct", "D_mr")
+
+
+def discriminator_loss(run_dir: Path, first: int, last: int) -> float:
+    """Mean over logged steps ``first``..``last`` of the mean of the logged discriminator losses."""
+    log = Path(run_dir) / "log.csv"
+    if not log.is_file():
+        raise SynthctError("no training log (log.csv) in this run folder", run_dir)
+    with open(log, newline="", encoding="utf-8") as fh:
+        rows = [row for row in csv.DictReader(fh) if first <= int(row["step"]) <= last]
+    values = []
+    for row in rows:
+        logged = [float(row[name]) for name in DISCRIMINATOR_COLUMNS if row.get(name)]
+        if logged:
+            values.append(sum(logged) / len(logged))
+    if not values:
+        raise SynthctError(f"no discriminator losses ({', '.join(DISCRIMINATOR_COLUMNS)}) logged for steps "
+                           f"{first}-{last}", log)
+    return sum(values) / len(values)
+
+
+def check_restarts(cfg: RunConfig, restarts: int, check_steps: int, threshold: float) -> None:
+    """Refuse settings under which a start cannot be judged or its budget counted."""
+    from synthct.engine.distributed import detect_env
+
+    if restarts < 1:
+        raise SynthctError(f"--restarts must be at least 1, got {restarts}")
+    if check_steps < 2:
+        raise SynthctError(f"--restart-check-steps must be at least 2, got {check_steps}")
+    if not threshold > 0:
+        raise SynthctError(f"--restart-threshold must be positive, got {threshold}")
+    if not cfg.train.steps:
+        raise SynthctError("--restarts counts the budget in steps: give --steps N (train.steps)")
+    if cfg.train.stop_at_step is not None:
+        raise SynthctError("--restarts sets train.stop_at_step itself; leave it unset")
+    if cfg.model.gan_mode != "lsgan":
+        raise SynthctError(f"--restarts judges the LSGAN discriminator loss; model.gan_mode is {cfg.model.gan_mode}")
+    if detect_env().enabled:
+        raise SynthctError("--restarts runs in a single process, not under torchrun")
+
+
+def _clear_set_aside(run_dir: Path, overwrite: bool) -> None:
+    """Starts set aside by an earlier run in this folder go with ``overwrite``, else they stop it."""
+    for path in (run_dir / SET_ASIDE, run_dir / VERDICTS):
+        if path.exists():
+            if not overwrite:
+                raise SynthctError("already holds a run with restarts; use --overwrite to start again", run_dir)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _set_aside(run_dir: Path, seed: int) -> Path:
+    target = run_dir / SET_ASIDE / f"seed_{seed}"
+    target.mkdir(parents=True)
+    for path in list(run_dir.iterdir()):
+        if path.name not in (SET_ASIDE, VERDICTS):
+            path.rename(target / path.name)
+    return target
+
+
+def _record(run_dir: Path, verdicts: list[dict], check_steps: int, threshold: float) -> None:
+    atomic_write_text(run_dir / VERDICTS, json.dumps(
+        {"check_steps": check_steps, "threshold": threshold, "lsgan_chance": LSGAN_CHANCE,
+         "starts": verdicts}, indent=2) + "\n")
+    latest = verdicts[-1]
+    judged = (f"discriminator loss {latest['discriminator_loss']:.3f} over steps {latest['window']}; "
+              if "discriminator_loss" in latest else "")
+    # Said where the trainer says what it does, so the verdicts sit in the run's log in order.
+    print(f"synthct: restart verdict: seed {latest['seed']}: {judged}{latest['verdict']}", file=sys.stderr, flush=True)
+
+
+def train_with_restarts(cfg: RunConfig, run_dir: str | Path, restarts: int,
+                        check_steps: int = DEFAULT_CHECK_STEPS, threshold: float = DEFAULT_THRESHOLD,
+                        overwrite: bool = False):
+    """Train ``cfg`` into ``run_dir`` with up to ``restarts`` fresh starts (see the module docstring);
+    returns the kept start's TrainResult, or that of a start stopped early (signal, time budget)."""
+    from synthct.engine.trainer import train
+
+    check_restarts(cfg, restarts, check_steps, threshold)
+    run_dir, cfg = Path(run_dir), copy.deepcopy(cfg)
+    _clear_set_aside(run_dir, overwrite)
+    budget, first_seed, verdicts = cfg.train.steps, cfg.train.seed, []
+    spent = 0  # steps of the starts set aside
+    for attempt in range(restarts):
+        cfg.train.seed, cfg.train.steps = first_seed + attempt, budget - spent
+        if cfg.train.steps <= check_steps:
+            break  # too few steps left to judge a start: the next one is the last
+        cfg.train.stop_at_step = check_steps
+        result = train(cfg, run_dir, overwrite=overwrite and attempt == 0)
+        if result.stopped != "step":
+            return result
+        window = (check_steps // 2 + 1, check_steps)
+        loss = discriminator_loss(run_dir, *window)
+        verdict = {"seed": cfg.train.seed, "steps": result.steps, "window": f"{window[0]}-{window[1]}",
+                   "discriminator_loss": loss}
+        if loss < threshold:
+            verdicts.append(verdict | {"verdict": f"kept (below {threshold:g}), trained to {cfg.train.steps} steps"})
+            _record(run_dir, verdicts, check_steps, threshold)
+            cfg.train.stop_at_step = None
+            return train(cfg, run_dir, resume=True)
+        folder = _set_aside(run_dir, cfg.train.seed)
+        spent += result.steps
+        verdicts.append(verdict | {"verdict": f"set aside (at or above {threshold:g}; chance is {LSGAN_CHANCE}) "
+                                              f"in {folder.relative_to(run_dir)}, {budget - spent} steps left"})
+        _record(run_dir, verdicts, check_steps, threshold)
+    cfg.train.seed, cfg.train.steps, cfg.train.stop_at_step = first_seed + len(verdicts), budget - spent, None
+    result = train(cfg, run_dir, overwrite=overwrite and not verdicts)
+    # Recorded after the start: a folder that train refused to start in is left as it was.
+    verdicts.append({"seed": cfg.train.seed, "steps": cfg.train.steps, "verdict": "kept (last start, not judged)"})
+    _record(run_dir, verdicts, check_steps, threshold)
+    return result
