@@ -32,7 +32,8 @@ def test_the_switch_replaces_the_automatic_choice_on_any_cpu(monkeypatch, fast_b
 
 
 def test_bf16_can_be_forced_where_the_cpu_has_no_fast_bf16(monkeypatch, avx2_only_cpu):
-    assert resolve_precision("auto", CPU).name == "fp32"  # conftest's fp32 default
+    monkeypatch.setenv("SYNTHCT_PRECISION", "auto")
+    assert resolve_precision("auto", CPU).name == "fp32"
     monkeypatch.setenv("SYNTHCT_PRECISION", " BF16 ")
     assert resolve_precision("auto", CPU).dtype == torch.bfloat16
 
