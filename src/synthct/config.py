@@ -56,7 +56,8 @@ class ModelConfig:
     struct_loss: str = option("mind", "structure-consistency loss: mind (MIND descriptors) | ngf (normalised gradient fields)")
     lambda_nce: float = option(1.0, "weight of the PatchNCE loss")
     nce_idt: bool = option(True, "identity PatchNCE term on CT (false gives FastCUT)")
-    pool_size: int = option(50, "history of translations shown to the discriminators; 0 = off")
+    pool_size: int = option(50, "history of translations shown to the discriminators (pix2pix and cut keep none, "
+                                "as the reference); 0 = off")
     body_masked: bool = option(False, "translations are air outside their source's body and discriminators judge "
                                       "the body only")
     cycle_noise: float = option(0.0, "std of Gaussian noise added to a translation before it is translated back "
@@ -137,8 +138,9 @@ def options() -> list[tuple[str, str, str]]:
         defaults = cls()
         for f in dataclasses.fields(cls):
             value = getattr(defaults, f.name)
+            # A YAML scalar document ends in "...": keep the value alone.
             shown = yaml.safe_dump(list(value) if isinstance(value, tuple) else value,
-                                   default_flow_style=True).strip().removesuffix("\n...").removesuffix("...").strip()
+                                   default_flow_style=True).strip().removesuffix("\n...")
             rows.append((f"{section}.{f.name}", shown, f.metadata["help"]))
     return rows
 
