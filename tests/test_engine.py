@@ -14,7 +14,8 @@ from synthct.engine import load_run_config
 from synthct.engine import trainer as trainer_module
 from synthct.engine.checkpoint import load_state
 from synthct.engine.precision import Precision, resolve_precision
-from synthct.engine.trainer import NonFiniteLoss, Trainer, check_optimisation, lr_factor, seed_everything, train
+from synthct.engine.setup import check_optimisation
+from synthct.engine.trainer import NonFiniteLoss, Trainer, lr_factor, seed_everything, train
 from synthct.errors import SynthctError
 from synthct.models.saved import load_generator, sha256_of
 

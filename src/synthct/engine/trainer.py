@@ -30,7 +30,8 @@ from synthct.engine.callbacks import (Callback, Checkpoints, Clock, Samples, Sna
 from synthct.engine.checkpoint import load_state, save_state
 from synthct.engine.logging import RunLogger, plot_loss_curves, read_log
 from synthct.engine.precision import Precision, resolve_device, resolve_precision
-from synthct.engine.run_folder import RUN_ARTIFACTS, prepare_run_dir, write_config  # noqa: F401 (RUN_ARTIFACTS: re-exported)
+from synthct.engine.run_folder import prepare_run_dir, write_config
+from synthct.engine.setup import build_run_model, check_config, collate, epoch_order, load_training_data
 from synthct.errors import SynthctError
 from synthct.models.saved import save_generators
 
@@ -62,41 +63,6 @@ class StepOutput:
     losses: dict[str, float]
     skipped: bool
     cache: dict | None = None
-
-
-def smallest_image(cfg: RunConfig) -> int:
-    """The smallest slice the discriminators can judge: the PatchGAN's last two 4 x 4 convolutions
-    need 4 pixels after its d_layers halvings."""
-    return 2 ** (cfg.model.d_layers + 2)
-
-
-def check_sizes(cfg: RunConfig) -> None:
-    smallest = smallest_image(cfg)
-    if cfg.data.resize != "none" and cfg.data.size < smallest:
-        raise SynthctError(f"data.size must be at least {smallest} for a PatchGAN with model.d_layers="
-                           f"{cfg.model.d_layers}, got {cfg.data.size}")
-
-
-def check_optimisation(cfg: RunConfig) -> None:
-    """Values torch would otherwise reject mid-start with its own exception, or that would divide by zero."""
-    t = cfg.train
-    for name, value in (("lr", t.lr), ("lr_d", t.lr_d)):
-        if value is not None and not value > 0:
-            raise SynthctError(f"train.{name} must be a positive learning rate, got {value}")
-    for name, value in (("beta1", t.beta1), ("beta2", t.beta2)):
-        if not 0.0 <= value < 1.0:
-            raise SynthctError(f"train.{name} must lie in [0, 1) (Adam), got {value}")
-    if not 0.0 <= t.decay_start <= 1.0:
-        raise SynthctError(f"train.decay_start must be a fraction of training in [0, 1], got {t.decay_start}")
-    if t.log_every < 1:
-        raise SynthctError(f"train.log_every must be a step count of at least 1, got {t.log_every}")
-    for name, value in (("sample_every", t.sample_every), ("checkpoint_every", t.checkpoint_every)):
-        if value < 0:
-            raise SynthctError(f"train.{name} must be a step count (0: never), got {value}")
-    if t.threads is not None and t.threads < 0:
-        raise SynthctError(f"train.threads must be a thread count (0 or unset: all cores), got {t.threads}")
-    if t.max_minutes is not None and not t.max_minutes > 0:
-        raise SynthctError(f"train.max_minutes must be positive, got {t.max_minutes}")
 
 
 def _capture_rng() -> dict:
@@ -349,64 +315,6 @@ class TrainResult:
         return 128 + self.signal if self.signal else 0
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled item order of one epoch; a pure function of (seed, epoch) so a resumed run
-    continues mid-epoch exactly where it stopped."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
-
-
-def collate(dataset, indices: list[int]) -> dict[str, torch.Tensor]:
-    items = [dataset[i] for i in indices]
-    return {name: torch.stack([torch.as_tensor(item[name]) for item in items]) for name in items[0]}
-
-
-def _build_model(cfg: RunConfig, channels: int) -> nn.Module:
-    from synthct.models import build_model
-
-    if cfg.model.generator == "unet" and cfg.data.size % 2 ** cfg.model.unet_downs:
-        raise SynthctError(f"a U-Net with model.unet_downs={cfg.model.unet_downs} needs data.size to be a "
-                           f"multiple of {2 ** cfg.model.unet_downs}, got {cfg.data.size} (lower model.unet_downs)")
-    try:
-        return build_model(cfg.model, in_channels=channels, out_channels=channels)
-    except ValueError as exc:
-        raise SynthctError(f"cannot build model: {exc}") from None
-
-
-def _load_data(cfg: RunConfig, run_dir: Path):
-    from synthct.data.layouts import collect_sources
-    from synthct.data.slices import SliceDataset
-    from synthct.models import model_class
-
-    sources = collect_sources(cfg.data, split="train")
-    needs_pairs = model_class(cfg.model.name).needs_pairs
-    paired = needs_pairs or cfg.data.paired
-    if needs_pairs and not sources.paired:
-        raise SynthctError(f"{cfg.model.name} needs paired, co-registered MR/CT: use a SynthRAD layout "
-                           "(<case>/mr.nii.gz + ct.nii.gz) or --set data.paired=true with matching "
-                           "MR and CT folders")
-    cache_dir = run_dir / "cache" if cfg.data.cache == "mmap" else None
-    dataset = SliceDataset(sources, cfg.data, paired=paired, seed=cfg.train.seed, cache_dir=cache_dir,
-                           body_masks=cfg.model.body_masked)
-    if len(dataset) == 0:
-        raise SynthctError("no usable training slices (all below data.min_body_fraction?)",
-                           cfg.data.root or cfg.data.mr)
-    return dataset
-
-
-def check_config(cfg: RunConfig) -> None:
-    """Every configuration mistake the run can find before it touches the run folder."""
-    from synthct.models import check_model_config
-
-    check_model_config(cfg.model)
-    check_sizes(cfg)
-    check_optimisation(cfg)
-    if cfg.train.stop_at_step is not None and cfg.train.stop_at_step < 1:
-        raise SynthctError(f"train.stop_at_step must be a step number of at least 1, got {cfg.train.stop_at_step}")
-    if cfg.train.batch_size < 1:
-        raise SynthctError(f"train.batch_size must be at least 1, got {cfg.train.batch_size}")
-
-
 def _schedule(cfg: RunConfig, slices: int, env: ddp.DistEnv) -> tuple[int, int, bool]:
     """(steps per epoch, total steps, whether the lr schedule follows the time budget)."""
     steps_per_epoch = slices // env.world_size // cfg.train.batch_size
@@ -543,9 +451,9 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
         torch.set_num_threads(cfg.train.threads)
     precision = resolve_precision(cfg.train.precision, device)
     seed_everything(cfg.train.seed)
-    dataset = _load_data(cfg, run_dir)
+    dataset = load_training_data(cfg, run_dir)
     steps_per_epoch, total_steps, by_time = _schedule(cfg, len(dataset), env)
-    trainer = Trainer(_build_model(cfg, cfg.data.slices), cfg, total_steps, device, precision, env)
+    trainer = Trainer(build_run_model(cfg, cfg.data.slices), cfg, total_steps, device, precision, env)
     elapsed_before = _resume(trainer, run_dir, log) if resume else 0.0
     if env.is_main:
         write_config(cfg, run_dir)
