@@ -131,7 +131,7 @@ def drop_removed_options(section: str, values: dict) -> dict:
     return kept
 
 
-def options() -> list[tuple[str, str, str]]:
+def documented_options() -> list[tuple[str, str, str]]:
     """Every option as (section.key, default as YAML, one-line meaning), in config order."""
     rows = []
     for section, cls in SECTIONS.items():

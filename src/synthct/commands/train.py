@@ -115,11 +115,11 @@ def _check_inputs(args) -> None:
 def option_reference(markdown: bool = False) -> str:
     """Every config option with its default and one-line meaning (and, for model options, the
     models that read it): the text of --list-options, or with ``markdown`` docs/CONFIG.md."""
-    from synthct.config import REMOVED_OPTIONS, options
+    from synthct.config import REMOVED_OPTIONS, documented_options
     from synthct.models import MODELS, option_users
 
     rows = []
-    for key, default, meaning in options():
+    for key, default, meaning in documented_options():
         section, name = key.split(".")
         users = option_users(name) if section == "model" and name != "name" else []
         if users and len(users) < len(MODELS):

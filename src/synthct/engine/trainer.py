@@ -33,6 +33,7 @@ from synthct.engine.precision import Precision, resolve_device, resolve_precisio
 from synthct.engine.run_folder import prepare_run_dir, write_config
 from synthct.engine.setup import build_run_model, check_config, collate, epoch_order, load_training_data
 from synthct.errors import SynthctError
+from synthct.models.base import TranslationModel
 from synthct.models.saved import save_generators
 
 NAN_POLICIES = ("stop", "skip")
@@ -90,7 +91,7 @@ class Trainer:
     """Optimises a synthct model: Adam(lr, (beta1, beta2)) for the generators and for the
     discriminators, each with a constant-then-linear-decay LambdaLR over ``total_steps``."""
 
-    def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int, device: torch.device,
+    def __init__(self, model: TranslationModel, cfg: RunConfig, total_steps: int, device: torch.device,
                  precision: Precision, env: ddp.DistEnv | None = None):
         if cfg.train.nan_policy not in NAN_POLICIES:
             raise SynthctError(f"unknown train.nan_policy '{cfg.train.nan_policy}' (use stop or skip)")
