@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from synthct.engine import checkpoint as ckpt
-from synthct.engine.checkpoint import (generator_architecture, load_generator, load_state,
-                                       save_generator, save_state)
+from synthct.engine.checkpoint import load_state, save_state
 from synthct.errors import SynthctError
+from synthct.models import saved
 from synthct.models.generators import build_generator
+from synthct.models.saved import generator_architecture, load_generator, save_generator, sha256_of
 
 
 def _export(folder, direction="mr2ct", kind="resnet"):
@@ -35,37 +35,36 @@ def test_generator_roundtrip_from_folder_file_and_sidecar(tmp_path, kind):
         with torch.no_grad():
             assert torch.equal(loaded(x), expected)
         assert meta["format"] == "synthct-generator" and meta["version"] == 1
-        assert meta["sha256"] == ckpt.sha256_of(tmp_path / "generator_mr2ct.safetensors")
+        assert meta["sha256"] == sha256_of(tmp_path / "generator_mr2ct.safetensors")
         assert meta["architecture"]["generator"] == kind
         assert not loaded.training
 
 
-def test_resize_upsampling_survives_export_and_older_sidecars_mean_transposed(tmp_path):
+def test_older_sidecars_load_unless_they_need_a_removed_option(tmp_path):
+    """Sidecars written while model.upsample and the probes existed name the paper's upsampling
+    and list the probes at their defaults: they load. One that used a removed option is refused."""
     torch.manual_seed(0)
-    g = build_generator("resnet", 1, 1, ngf=4, n_blocks=2, upsample="resize")
-    arch = generator_architecture(g, "resnet", 1, 4, 2)
-    assert arch["upsample"] == "resize"
-    save_generator(g, tmp_path / "generator_mr2ct", {"direction": "mr2ct", "architecture": arch})
+    g = build_generator("resnet", 1, 1, ngf=4, n_blocks=2)
+    arch = generator_architecture(g, "resnet", 1, 4, 2) | {"upsample": "transpose"}
+    config = {"model": {"name": "cyclegan", "upsample": "transpose", "d_scales": 1, "d_norm": "instance"},
+              "train": {"contrast_warmup": 0.0, "coarse_size": None, "coarse_until": 0.5}}
+    save_generator(g, tmp_path / "generator_mr2ct", {"direction": "mr2ct", "architecture": arch, "config": config})
     x = torch.rand(1, 1, 32, 32) * 2 - 1
     loaded, _ = load_generator(tmp_path, "mr2ct")
     with torch.no_grad():
         assert torch.equal(loaded(x), g.eval()(x))
-    assert loaded.upsample == "resize"
 
-    older = tmp_path / "older"  # written before the sidecar named the upsampling
-    older.mkdir()
-    t = build_generator("resnet", 1, 1, ngf=4, n_blocks=2)
-    arch = generator_architecture(t, "resnet", 1, 4, 2)
-    del arch["upsample"]
-    save_generator(t, older / "generator_mr2ct", {"direction": "mr2ct", "architecture": arch})
-    assert load_generator(older, "mr2ct")[0].upsample == "transpose"
-
-    # resize weights under a sidecar that says transposed: refused, not silently misloaded
     sidecar = tmp_path / "generator_mr2ct.json"
     meta = json.loads(sidecar.read_text())
-    meta["architecture"]["upsample"] = "transpose"
+    meta["config"]["model"]["d_scales"] = 3
     sidecar.write_text(json.dumps(meta))
-    with pytest.raises(SynthctError, match="do not match the architecture"):
+    with pytest.raises(SynthctError, match="model.d_scales was removed") as refused:
+        load_generator(tmp_path, "mr2ct")
+    assert str(sidecar) in str(refused.value) and "\n" not in str(refused.value)
+    meta["config"]["model"]["d_scales"] = 1
+    meta["architecture"]["upsample"] = "resize"
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(SynthctError, match="upsamples by 'resize'.*removed"):
         load_generator(tmp_path, "mr2ct")
 
 
@@ -152,7 +151,7 @@ def test_failing_write_keeps_previous_state(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_file", disk_full)
+    monkeypatch.setattr(saved, "save_file", disk_full)  # the safetensors writer of every checkpoint file
     with pytest.raises(SynthctError, match="No space left on device.*previous checkpoint is kept"):
         save_state(tmp_path, _state(3.0))
     monkeypatch.undo()

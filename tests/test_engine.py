@@ -12,10 +12,12 @@ import torch
 
 from synthct.engine import load_run_config
 from synthct.engine import trainer as trainer_module
-from synthct.engine.checkpoint import load_generator, load_state, sha256_of
+from synthct.engine.checkpoint import load_state
 from synthct.engine.precision import Precision, resolve_precision
+from synthct.engine.setup import check_optimisation
 from synthct.engine.trainer import NonFiniteLoss, Trainer, lr_factor, seed_everything, train
 from synthct.errors import SynthctError
+from synthct.models.saved import load_generator, sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,7 @@ def test_sidecar_describes_the_generator(phantoms, tmp_path):
         assert meta["format"] == "synthct-generator" and meta["version"] == 1
         assert (meta["direction"], meta["source"], meta["target"]) == (direction, source, target)
         assert meta["architecture"] == {"generator": "resnet", "in_channels": 1, "out_channels": 1,
-                                        "ngf": 4, "blocks": 2, "upsample": "transpose"}
+                                        "ngf": 4, "blocks": 2}
         assert meta["slices"] == 1 and meta["size"] == 32 and meta["axis"] == 0
         assert meta["intensity_mode"] == "hu" and meta["model"] == "cyclegan"
         assert meta["input_mapping"] and meta["output_mapping"] and meta["input_mapping"] != meta["output_mapping"]
@@ -131,12 +133,9 @@ def _state_tensors(run_dir):
     return flat
 
 
-@pytest.mark.parametrize("extra", [{}, {"ema": 0.9}, {"coarse_size": 16, "coarse_until": 0.6, "d_layers": 2},
-                                   {"contrast_warmup": 0.6}, {"discriminator_warmup": 0.6}],
-                         ids=["plain", "ema", "progressive", "warmup", "discriminator_warmup"])
+@pytest.mark.parametrize("extra", [{}, {"ema": 0.9}], ids=["plain", "ema"])
 def test_stop_and_resume_is_bitwise_identical(phantoms, tmp_path, monkeypatch, extra):
-    # 12 steps = 2.4 epochs, lr decaying over the second half, pools of 10 filling up; the
-    # progressive and warm-up runs stop in their first phase (8 steps) and resume into the switch.
+    # 12 steps = 2.4 epochs, lr decaying over the second half, pools of 10 filling up.
     cfg = tiny_config(phantoms, steps=12, decay_start=0.5, **extra)
     train(cfg, tmp_path / "straight", quiet=True)
 
@@ -277,39 +276,14 @@ def test_trainer_step_on_a_raw_batch_updates_both_players():
     assert trainer.step_index == 1
 
 
-def test_progressive_resizing_trains_coarse_slices_first():
+def test_the_discriminators_learn_at_lr_d_and_the_generators_at_lr():
     cfg = load_run_config("tiny")
-    cfg.train.coarse_size, cfg.train.coarse_until, cfg.model.d_layers = 16, 0.5, 2
-    model, trainer = tiny_trainer(cfg, total_steps=4)
-    batch = {"mr": torch.rand(1, 1, 32, 32) * 2 - 1, "ct": torch.rand(1, 1, 32, 32) * 2 - 1}
-    sizes = []
-    for _ in range(4):
-        out = trainer.step(batch)
-        sizes.append((out.cache["batch"]["ct"].shape[-1], out.cache["fake_ct"].shape[-1]))
-    assert sizes == [(16, 16), (16, 16), (32, 32), (32, 32)]
-    assert model.pool_ct.images[0].shape[-1] == 32  # the coarse history was dropped at the switch
-
-
-def test_downsampled_batch_averages_whole_slices():
-    from synthct.engine.trainer import downsample_batch
-
-    x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    small = downsample_batch({"mr": x, "ct": -x}, 2)
-    assert torch.equal(small["mr"], torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
-    assert torch.equal(small["ct"], -small["mr"])
-
-
-@pytest.mark.parametrize("coarse, until, d_layers, message", [
-    (32, 0.5, 3, "smaller than data.size"),
-    (18, 0.5, 3, "multiple of 4"),
-    (16, 0.5, 3, "at least 32 for a PatchGAN with model.d_layers=3"),
-    (16, 0.0, 2, "coarse_until"),
-])
-def test_bad_progressive_settings_are_clear_errors(phantoms, tmp_path, coarse, until, d_layers, message):
-    with pytest.raises(SynthctError, match=message):
-        train(tiny_config(phantoms, steps=2, d_layers=d_layers, coarse_size=coarse, coarse_until=until),
-              tmp_path / "run", quiet=True)
-    assert not (tmp_path / "run").exists()
+    cfg.train.lr, cfg.train.lr_d = 2e-4, 8e-4
+    _, trainer = tiny_trainer(cfg, total_steps=4)
+    assert trainer.opt_g.param_groups[0]["lr"] == 2e-4 and trainer.opt_d.param_groups[0]["lr"] == 8e-4
+    cfg.train.lr_d = 0.0
+    with pytest.raises(SynthctError, match="train.lr_d must be a positive learning rate, got 0.0"):
+        check_optimisation(cfg)
 
 
 def test_precision_choice_follows_the_hardware(monkeypatch):

@@ -10,8 +10,7 @@ from synthct.config import ModelConfig
 from synthct.errors import SynthctError
 from synthct.models import (CUT, CycleGAN, GANLoss, ImagePool, PatchDiscriminator, Pix2Pix, ResnetGenerator,
                             UnetGenerator, build_model, init_weights, receptive_field)
-from synthct.models.cyclegan import batched
-from synthct.models.layers import ResizeConvNormAct, UpConvNormAct
+from synthct.models.shared import batched
 from unpaired_inversion import adversarial_step, inversion_errors
 
 
@@ -55,41 +54,6 @@ def test_resnet_generator_follows_the_paper_layout():
     norms = [m for m in net.modules() if isinstance(m, nn.InstanceNorm2d)]
     assert norms and all(not m.affine and not m.track_running_stats for m in norms)
     assert sum(isinstance(m, nn.ReflectionPad2d) for m in net.modules()) == 2 + 2 * 2
-
-
-def test_resize_upsampling_generator_keeps_the_layout_without_transposed_convolutions():
-    net = ResnetGenerator(1, 1, ngf=8, n_blocks=2, upsample="resize")
-    assert not any(isinstance(m, nn.ConvTranspose2d) for m in net.modules())
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    assert [m.kernel_size[0] for m in convs] == [7, 3, 3] + [3] * 4 + [3, 3, 7]
-    assert [m.out_channels for m in convs] == [8, 16, 32] + [32] * 4 + [16, 8, 1]
-    transposed = ResnetGenerator(1, 1, ngf=8, n_blocks=2)
-    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in transposed.parameters())
-    y = net(torch.randn(2, 1, 32, 48))
-    assert y.shape == (2, 1, 32, 48) and y.abs().max() <= 1.0
-    with pytest.raises(ValueError, match="unknown upsampling 'bilinear'"):
-        ResnetGenerator(1, 1, ngf=8, n_blocks=2, upsample="bilinear")
-
-
-def test_transposed_upsampling_leaves_a_checkerboard_on_flat_input_and_resize_convolution_none():
-    torch.manual_seed(0)
-    flat = torch.ones(1, 8, 8, 8)
-    transposed, resized = init_weights(UpConvNormAct(8, 4), 0.02), init_weights(ResizeConvNormAct(8, 4), 0.02)
-    with torch.no_grad():
-        t, r = transposed(flat)[..., 2:-2, 2:-2], resized(flat)[..., 2:-2, 2:-2]
-    assert t.shape == r.shape == (1, 4, 12, 12)
-    # The transposed convolution's interior repeats with period 2 in each direction, and the four
-    # phases differ: a checkerboard. Resize-convolution gives a flat map (zero after the norm).
-    assert torch.allclose(t, t.roll(2, dims=-1), atol=1e-5) and torch.allclose(t, t.roll(2, dims=-2), atol=1e-5)
-    assert t.std(dim=(-2, -1)).min() > 0.1
-    assert r.abs().max() < 1e-5
-
-
-def test_upsampling_is_a_resnet_generator_choice():
-    assert isinstance(build_model(tiny(upsample="resize"), 1, 1).G.up[0], ResizeConvNormAct)
-    assert isinstance(build_model(tiny(name="cut", upsample="resize"), 1, 1).G.up[1], ResizeConvNormAct)
-    with pytest.raises(SynthctError, match="model.upsample: only the resnet generator has it, not unet"):
-        build_model(tiny(generator="unet", unet_downs=5, upsample="resize"), 1, 1)
 
 
 @pytest.mark.parametrize("num_downs,size", [(5, 32), (6, 64)])
@@ -286,7 +250,8 @@ def test_one_optimisation_step_of_each_model_gives_finite_losses(model):
 @pytest.mark.parametrize("name", ["cyclegan", "pix2pix", "cut"])
 def test_models_run_under_bf16_autocast_channels_last(name):
     torch.manual_seed(0)
-    model = build_model(tiny(name=name, lambda_struct=0.5), 1, 1).to(memory_format=torch.channels_last)
+    struct = {"lambda_struct": 0.5} if name == "cyclegan" else {}
+    model = build_model(tiny(name=name, **struct), 1, 1).to(memory_format=torch.channels_last)
     batch = {k: v.to(memory_format=torch.channels_last) for k, v in random_batch().items()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         total, _, cache = model.generator_loss(batch)
@@ -330,8 +295,7 @@ def test_build_model_rejects_bad_configuration():
     assert isinstance(build_model(tiny(lambda_identity=0.0), 1, 3), CycleGAN)
 
 
-@pytest.mark.parametrize("key", ["name", "generator", "gan_mode", "struct_loss", "warmup_target", "d_norm",
-                                 "upsample"])
+@pytest.mark.parametrize("key", ["name", "generator", "gan_mode", "struct_loss"])
 def test_an_unknown_choice_is_a_clear_error_naming_the_setting(key):
     with pytest.raises(SynthctError, match=f"model.{key}: unknown value 'bogus' \\(choose "):
         build_model(tiny(**{key: "bogus"}), 1, 1)
@@ -384,10 +348,42 @@ def test_body_masking_is_cyclegan_only():
         build_model(tiny(name="pix2pix", body_masked=True), 1, 1)
 
 
+@pytest.mark.parametrize("name, option, message", [
+    ("cyclegan", {"lambda_l1": 50.0}, "model.lambda_l1: only the pix2pix model has it, not cyclegan"),
+    ("pix2pix", {"lambda_cycle": 5.0}, "model.lambda_cycle: only the cyclegan model has it, not pix2pix"),
+    ("cut", {"struct_loss": "ngf"}, "model.struct_loss: only the cyclegan model has it, not cut"),
+    ("pix2pix", {"nce_idt": False, "lambda_nce": 2.0}, "model.lambda_nce: only the cut model has it, not pix2pix"),
+])
+def test_an_option_the_model_does_not_read_is_refused(name, option, message):
+    with pytest.raises(SynthctError, match=message):
+        build_model(tiny(name=name, **option), 1, 1)
+
+
+def test_options_at_their_default_or_off_are_accepted_by_every_model():
+    assert isinstance(build_model(tiny(name="pix2pix", pool_size=0, lambda_identity=0.0), 1, 1), Pix2Pix)
+    assert isinstance(build_model(tiny(name="cut", cycle_noise=0.0, lambda_l1=100.0), 1, 1), CUT)
+
+
+def test_every_model_implements_the_interface_and_declares_its_options():
+    import dataclasses
+
+    from synthct.config import ModelConfig
+    from synthct.models import MODELS, TranslationModel
+
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    for name, cls in MODELS.items():
+        assert issubclass(cls, TranslationModel) and set(cls.options) <= fields - {"name"}, name
+        model = build_model(tiny(name=name), 1, 1)
+        assert set(model.generators()) <= {"mr2ct", "ct2mr"} and list(model.discriminator_parameters())
+    assert [name for name, cls in MODELS.items() if cls.needs_pairs] == ["pix2pix"]
+    with pytest.raises(TypeError, match="abstract"):
+        TranslationModel()
+
+
 def test_masked_discriminator_objective_ignores_patches_outside_the_body():
     """With body masks, real and fake patches outside the body do not enter D's loss (a local,
     norm-free D here, so each output sees only its own patch); without masks they do."""
-    from synthct.models.cyclegan import discriminator_objective
+    from synthct.models.shared import discriminator_objective
 
     torch.manual_seed(0)
     D, gan = nn.Conv2d(1, 1, 4, stride=4), GANLoss("lsgan")

@@ -141,3 +141,69 @@ def test_body_masked_training_resumes_and_its_synthetic_ct_is_air_outside_the_bo
     assert main(["translate", "--model", str(out), "--direction", "mr2ct", str(mr), "--out", str(tmp_path / "raw"),
                  "--device", "cpu", "--mask", "none"]) == 0
     assert (read_image(tmp_path / "raw" / "mr_sct.nii.gz").array[~body] > -1000).any()
+
+
+REMOVED_AT_DEFAULTS = {"model": {"upsample": "transpose", "d_norm": "instance", "d_scales": 1,
+                                 "lambda_source_fake": 0.0, "warmup_target": "restore"},
+                       "train": {"coarse_size": None, "coarse_until": 0.5, "contrast_warmup": 0.0,
+                                 "discriminator_warmup": 0.0}}
+
+
+def test_an_older_run_listing_removed_options_at_their_defaults_resumes(phantoms, tmp_path):
+    """config.yaml and sidecars of runs made while the probes existed list them at their defaults."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(phantoms), "--out", str(out), *TINY, "--steps", "2"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    for section, values in REMOVED_AT_DEFAULTS.items():
+        saved[section].update(values)
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    for sidecar in out.glob("generator_*.json"):
+        meta = json.loads(sidecar.read_text())
+        for section, values in REMOVED_AT_DEFAULTS.items():
+            meta["config"][section].update(values)
+        meta["architecture"]["upsample"] = "transpose"
+        sidecar.write_text(json.dumps(meta))
+    mr = phantoms / "phantom_000" / "mr.nii.gz"
+    assert main(["translate", "--model", str(out), "--direction", "mr2ct", str(mr), "--out", str(tmp_path / "sct"),
+                 "--device", "cpu"]) == 0
+    assert main(["train", "--resume", str(out), "--steps", "4", "--set", "train.threads=1"]) == 0
+    resumed = yaml.safe_load((out / "config.yaml").read_text())
+    assert resumed["train"]["steps"] == 4 and "d_scales" not in resumed["model"]
+
+
+@pytest.mark.parametrize("section, key, value", [("model", "d_scales", 3), ("model", "upsample", "resize"),
+                                                 ("model", "d_norm", "none"), ("train", "contrast_warmup", 0.2),
+                                                 ("train", "coarse_size", 64)])
+def test_a_removed_option_set_to_something_else_is_refused_in_one_line(phantoms, tmp_path, capsys, section, key,
+                                                                      value):
+    message = f"{section}.{key} was removed (it did not help; see docs/RESULTS.md): delete it from the config"
+    args = ["train", "--data", str(phantoms), "--out", str(tmp_path / "r"), *TINY, "--steps", "1"]
+    assert main(args + ["--set", f"{section}.{key}={value}"]) == 2
+    assert one_line_error(capsys).endswith(message)
+    config = tmp_path / "old.yaml"
+    config.write_text(yaml.safe_dump({section: {key: value}}))
+    assert main([*args[:5], "--config", str(config)]) == 2
+    assert one_line_error(capsys) == f"synthct: error: {config}: {message}"
+    assert not (tmp_path / "r").exists()
+
+
+def test_list_options_prints_every_option_with_default_and_meaning(capsys):
+    import dataclasses
+
+    from synthct.config import SECTIONS
+
+    assert main(["train", "--list-options"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = [f"{section}.{f.name} = " for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    assert [line[:len(prefix)] for line, prefix in zip(lines, expected)] == expected and len(lines) == len(expected)
+    assert any(line.startswith("train.lr = 0.0002 ") and "learning rate" in line for line in lines)
+    assert any(line.startswith("model.lambda_l1 = 100.0 ") and line.endswith("(pix2pix)") for line in lines)
+
+
+def test_docs_config_md_is_the_generated_reference(capsys):
+    """docs/CONFIG.md is written by `synthct train --list-options --markdown > docs/CONFIG.md`."""
+    from pathlib import Path
+
+    assert main(["train", "--list-options", "--markdown"]) == 0
+    committed = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
+    assert capsys.readouterr().out == committed.read_text(encoding="utf-8")

@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from synthct.cli import main
 from synthct.data.intensity import CTWindow, MRPercentile
 from synthct.data.phantom import make_phantom
-from synthct.engine.checkpoint import generator_architecture, save_generator
+from synthct.models.saved import generator_architecture, save_generator
 from synthct.errors import SynthctError
 from synthct.io.image import read_image, write_image
 from synthct.io.volume import Volume

@@ -1,5 +1,7 @@
-"""Typed run configuration: dataclasses that load from YAML, take ``key=value`` overrides and
-are saved with every run, so a run folder always says exactly how it was made."""
+"""Typed run configuration: dataclasses that load from YAML text and take ``key=value``
+overrides. Every field carries a one-line ``help``, the single source of ``synthct train
+--list-options`` and docs/CONFIG.md. Reading and writing config files is the engine's job
+(synthct.engine.load_config, the run folder's config.yaml); this module does no file I/O."""
 
 from __future__ import annotations
 
@@ -7,122 +9,87 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
 from synthct.errors import SynthctError
 
 
+def option(default, help: str, **kwargs):
+    """A config field with its one-line meaning."""
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
 @dataclass
 class DataConfig:
-    mr: str | None = None  # folder (or file) of MR images/volumes
-    ct: str | None = None  # folder (or file) of CT images/volumes
-    root: str | None = None  # CycleGAN (trainA/trainB) or SynthRAD (<case>/mr, ct, mask) layout
-    size: int = 256  # training slices are resized/cropped/padded to size x size
-    slices: int = 1  # 2.5D: k neighbouring slices as input channels (odd)
-    axis: int = 0  # slicing axis of the (z, y, x) array; 0 = axial for axial acquisitions
-    paired: bool = False  # keep MR/CT pairing (pix2pix); CycleGAN draws unpaired partners
-    intensity: str = "auto"  # auto | hu | 8bit: 8bit for PNG/JPEG data sets, hu otherwise
-    ct_window: tuple[float, float] = (-1024.0, 3000.0)  # HU mapped to [-1, 1]
-    mr_percentiles: tuple[float, float] = (0.5, 99.5)  # inside the body mask, mapped to [-1, 1]
-    flip: bool = True  # random left-right flips
-    affine: float = 0.0  # small random affine: max rotation in degrees (scale +-affine/100)
-    resize: str = "fit"  # fit (resize longest side, pad) | crop (random crop at native size) | none
-    min_body_fraction: float = 0.02  # slices with less body than this are skipped
-    cache: str = "memory"  # memory | mmap (decoded slices memory-mapped from the run folder)
+    mr: str | None = option(None, "folder (or file) of MR images/volumes")
+    ct: str | None = option(None, "folder (or file) of CT images/volumes")
+    root: str | None = option(None, "data root: CycleGAN (trainA/trainB) or SynthRAD (<case>/mr, ct, mask) layout")
+    size: int = option(256, "training slices are resized/cropped/padded to size x size pixels")
+    slices: int = option(1, "2.5D: k neighbouring slices as input channels (odd)")
+    axis: int = option(0, "slicing axis of the (z, y, x) array; 0 = axial for axial acquisitions")
+    paired: bool = option(False, "keep MR/CT pairing (pix2pix always does); unpaired models draw random partners")
+    intensity: str = option("auto", "auto | hu | 8bit: 8bit for PNG/JPEG data sets, hu otherwise")
+    ct_window: tuple[float, float] = option((-1024.0, 3000.0), "HU range mapped to [-1, 1]")
+    mr_percentiles: tuple[float, float] = option((0.5, 99.5), "MR percentiles inside the body mapped to [-1, 1]")
+    flip: bool = option(True, "random left-right flips")
+    affine: float = option(0.0, "small random affine: max rotation in degrees (scale +-affine/100); 0 = off")
+    resize: str = option("fit", "fit (resize longest side, pad) | crop (random crop at native size) | none")
+    min_body_fraction: float = option(0.02, "slices with less body than this fraction are skipped")
+    cache: str = option("memory", "memory | mmap (decoded slices memory-mapped from the run folder)")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "cyclegan"  # cyclegan | pix2pix | cut
-    generator: str = "resnet"  # resnet | unet
-    ngf: int = 64
-    ndf: int = 64
-    blocks: int = 9  # residual blocks of the ResNet generator (6 or 9 in the paper)
-    # How the ResNet generator upsamples: "transpose" (the paper's fractionally-strided convolution)
-    # or "resize" (nearest-neighbour resize + convolution, which leaves no checkerboard texture).
-    upsample: str = "transpose"
-    unet_downs: int = 8  # U-Net depth: 8 for 256x256 slices (sizes must be multiples of 2**unet_downs)
-    d_layers: int = 3  # PatchGAN depth: 3 gives the 70x70 receptive field
-    # The PatchGAN's normalisation: "instance" (the reference) or "none". InstanceNorm takes each
-    # feature map's mean and spread out of every image; without it the discriminator keeps them.
-    d_norm: str = "instance"
-    # CycleGAN: PatchGANs at this many scales (1, 1/2, 1/4, ...; pix2pixHD's multi-scale
-    # discriminator); 1 = the single PatchGAN of the paper.
-    d_scales: int = 1
-    gan_mode: str = "lsgan"  # lsgan | vanilla | hinge
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5  # times lambda_cycle; 0 disables the identity loss
-    lambda_l1: float = 100.0  # pix2pix
-    lambda_struct: float = 0.0  # structure-consistency loss between input and translation
-    struct_loss: str = "mind"  # mind | ngf
-    lambda_nce: float = 1.0  # CUT
-    nce_idt: bool = True  # CUT identity NCE (False gives FastCUT)
-    pool_size: int = 50  # image history buffer for the discriminators
-    # CycleGAN: translations are air outside their source's body mask and the discriminators judge
-    # patches inside the body only (see models/cyclegan.py); inference then masks by default.
-    body_masked: bool = False
-    # CycleGAN: weight of a third discriminator term that shows each discriminator the other
-    # domain's real images as fakes (D_ct learns that an MR is not a CT), meant to make a translation
-    # that keeps its source's contrast read as fake; on the real brain scans such translations still
-    # passed (docs/RESULTS.md). 0 = off (the paper's objective).
-    lambda_source_fake: float = 0.0
-    # CycleGAN: standard deviation (in the [-1, 1] units of the images) of Gaussian noise added to
-    # each translation before it is translated back, so the cycle cannot be closed through
-    # low-amplitude signals hidden in a translation (Chu et al. 2017's "steganography"); 0 = off.
-    cycle_noise: float = 0.0
-    # What the contrast warm-up (train.contrast_warmup) teaches the generators: "restore" their own
-    # domain from random grey-level maps of it, or "inverted": each domain's foreground negated,
-    # as a prior for the other's contrast (models/contrast.py).
-    warmup_target: str = "restore"
+    name: str = option("cyclegan", "cyclegan | pix2pix | cut")
+    generator: str = option("resnet", "resnet | unet")
+    ngf: int = option(64, "generator base width (filters of the first layer)")
+    ndf: int = option(64, "discriminator base width")
+    blocks: int = option(9, "residual blocks of the ResNet generator (6 or 9 in the paper)")
+    unet_downs: int = option(8, "U-Net depth: 8 for 256 px slices (sizes must be multiples of 2**unet_downs)")
+    d_layers: int = option(3, "PatchGAN depth: 3 gives the 70x70 receptive field")
+    gan_mode: str = option("lsgan", "adversarial loss: lsgan | vanilla | hinge")
+    lambda_cycle: float = option(10.0, "weight of the cycle-consistency loss")
+    lambda_identity: float = option(0.5, "weight of the identity loss, times lambda_cycle; 0 = off")
+    lambda_l1: float = option(100.0, "weight of the L1 loss to the paired CT")
+    lambda_struct: float = option(0.0, "weight of the structure-consistency loss between input and translation; 0 = off")
+    struct_loss: str = option("mind", "structure-consistency loss: mind (MIND descriptors) | ngf (normalised gradient fields)")
+    lambda_nce: float = option(1.0, "weight of the PatchNCE loss")
+    nce_idt: bool = option(True, "identity PatchNCE term on CT (false gives FastCUT)")
+    pool_size: int = option(50, "history of translations shown to the discriminators (pix2pix and cut keep none, "
+                                "as the reference); 0 = off")
+    body_masked: bool = option(False, "translations are air outside their source's body and discriminators judge "
+                                      "the body only")
+    cycle_noise: float = option(0.0, "std of Gaussian noise added to a translation before it is translated back "
+                                     "(against hidden codes); 0 = off")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int | None = None
-    steps: int | None = None  # total optimisation steps; overrides epochs
-    batch_size: int = 1
-    lr: float = 2e-4
-    # The discriminators' learning rate; None = lr. A faster discriminator (two time-scale
-    # update rule, Heusel et al. 2017) keeps it informative while the generators move.
-    lr_d: float | None = None
-    beta1: float = 0.5
-    beta2: float = 0.999
-    decay_start: float = 0.5  # fraction of training after which lr decays linearly to 0
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda
-    seed: int = 0
-    compile: bool = False
-    # Stop (resumably) once this many steps are done, leaving the schedule as it is: a run can
-    # be looked at partway and continued with --resume as if it had never stopped.
-    stop_at_step: int | None = None
-    max_minutes: float | None = None  # wall-clock budget; training stops (and saves) when spent.
-    # With a budget and neither steps nor epochs, the lr schedule follows the clock instead of steps.
-    clock: str = "wall"  # wall | cpu: budgets in this process's CPU time / threads (fair on a busy machine)
-    snapshot_minutes: float | None = None  # keep a copy of the generators every N minutes (learning curves)
-    # Exponential moving average of the generators' weights (decay per step, e.g. 0.995): the
-    # exported generators and snapshots are the averages; raw/ keeps the last unaveraged weights.
-    ema: float | None = None
-    # Progressive resizing: the first coarse_until of the schedule (of the budget when the
-    # schedule follows the clock) trains on whole slices downsampled to coarse_size x coarse_size,
-    # at a quarter of the cost per step at half the size; the rest at data.size.
-    coarse_size: int | None = None
-    coarse_until: float = 0.5
-    # Contrast warm-up (CycleGAN): the first contrast_warmup of the schedule trains only the
-    # generators towards model.warmup_target (models/contrast.py), before the adversarial game
-    # starts; 0 = off, 1 = warm-up only.
-    contrast_warmup: float = 0.0
-    # Discriminator warm-up (CycleGAN): the next discriminator_warmup of the schedule trains only
-    # D_ct and D_mr, against the translations of the generators as they stand, before the game
-    # starts; 0 = off. A discriminator that already tells the domains apart gives the generators
-    # an informative gradient from the first step of the game.
-    discriminator_warmup: float = 0.0
-    log_every: int = 10
-    sample_every: int = 200
-    checkpoint_every: int = 500
-    nan_policy: str = "stop"  # stop | skip
-    threads: int | None = None  # CPU threads for torch (default: all cores)
+    epochs: int | None = option(None, "passes over the training slices")
+    steps: int | None = option(None, "total optimisation steps; overrides epochs")
+    batch_size: int = option(1, "slices per step (per process)")
+    lr: float = option(2e-4, "learning rate of the generators (Adam)")
+    lr_d: float | None = option(None, "learning rate of the discriminators; unset = lr (two time-scale updates)")
+    beta1: float = option(0.5, "Adam beta1")
+    beta2: float = option(0.999, "Adam beta2")
+    decay_start: float = option(0.5, "fraction of training after which the lr decays linearly to 0")
+    precision: str = option("auto", "auto | fp32 | bf16 | fp16")
+    device: str = option("auto", "auto | cpu | cuda")
+    seed: int = option(0, "seed of every random number generator")
+    compile: bool = option(False, "torch.compile the networks")
+    stop_at_step: int | None = option(None, "stop resumably at this step, the lr schedule unchanged")
+    max_minutes: float | None = option(None, "time budget; training stops and saves when spent (without steps "
+                                             "or epochs the lr schedule follows it)")
+    clock: str = option("wall", "wall | cpu: budgets in wall time or in this process's CPU time per thread")
+    snapshot_minutes: float | None = option(None, "keep a copy of the generators every N minutes in snapshots/")
+    ema: float | None = option(None, "decay of an exponential moving average of the generators (e.g. 0.995); "
+                                     "exported generators are the averages")
+    log_every: int = option(10, "steps between log.csv flushes")
+    sample_every: int = option(200, "steps between sample grids; 0 = never")
+    checkpoint_every: int = option(500, "steps between resumable checkpoints; 0 = only at the end")
+    nan_policy: str = option("stop", "stop | skip: what a NaN/inf loss does")
+    threads: int | None = option(None, "CPU threads for torch; unset or 0 = all cores")
 
 
 @dataclass
@@ -130,6 +97,52 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+# Options that measurements found did not help (docs/RESULTS.md), with the value that meant
+# "off". Configs of older runs still list them: at that value they are dropped, at any other
+# the config is refused, since this version cannot do what it asks.
+REMOVED_OPTIONS = {
+    ("model", "upsample"): "transpose",
+    ("model", "d_norm"): "instance",
+    ("model", "d_scales"): 1,
+    ("model", "lambda_source_fake"): 0.0,
+    ("model", "warmup_target"): "restore",
+    ("train", "coarse_size"): None,
+    ("train", "coarse_until"): 0.5,
+    ("train", "contrast_warmup"): 0.0,
+    ("train", "discriminator_warmup"): 0.0,
+}
+
+
+def drop_removed_options(section: str, values: dict) -> dict:
+    """``values`` without removed options left at their old default; any other value of one
+    is refused."""
+    kept = dict(values)
+    for (where, key), default in REMOVED_OPTIONS.items():
+        if where != section or key not in kept:
+            continue
+        value = kept.pop(key)
+        if value != default:
+            raise SynthctError(f"{section}.{key} was removed (it did not help; see docs/RESULTS.md): "
+                               "delete it from the config")
+    return kept
+
+
+def documented_options() -> list[tuple[str, str, str]]:
+    """Every option as (section.key, default as YAML, one-line meaning), in config order."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            value = getattr(defaults, f.name)
+            # A YAML scalar document ends in "...": keep the value alone.
+            shown = yaml.safe_dump(list(value) if isinstance(value, tuple) else value,
+                                   default_flow_style=True).strip().removesuffix("\n...")
+            rows.append((f"{section}.{f.name}", shown, f.metadata["help"]))
+    return rows
 
 
 def _coerce(value, hint, where: str):
@@ -171,6 +184,8 @@ def _coerce(value, hint, where: str):
 def _from_dict(cls, data: dict, where: str):
     if not isinstance(data, dict):
         raise SynthctError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    if SECTIONS.get(where) is cls:
+        data = drop_removed_options(where, data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -203,21 +218,20 @@ def config_to_dict(cfg: RunConfig) -> dict:
             for sec in ("data", "model", "train")}
 
 
-def load_config(path: str | Path) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise SynthctError("config file not found", path)
+def config_from_yaml(text: str) -> RunConfig:
+    """The config a YAML document describes; problems as SynthctError without a path."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
         line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SynthctError(f"not valid YAML ({line})", path) from None
+        raise SynthctError(f"not valid YAML ({line})") from None
     except RecursionError:
-        raise SynthctError("not valid YAML (nested too deeply)", path) from None
-    try:
-        return config_from_dict(data)
-    except SynthctError as exc:
-        raise SynthctError(exc.problem, path) from None
+        raise SynthctError("not valid YAML (nested too deeply)") from None
+    return config_from_dict(data)
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
@@ -236,9 +250,3 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             value = raw
         data[parts[0]][parts[1]] = value
     return config_from_dict(data)
-
-
-def save_config(cfg: RunConfig, path: str | Path) -> None:
-    from synthct.io.atomic import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -11,8 +11,23 @@ import importlib.resources
 import re
 from pathlib import Path
 
-from synthct.config import RunConfig, load_config
+from synthct.config import RunConfig, config_from_yaml
 from synthct.errors import SynthctError
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """The config in a YAML file; any problem is a one-line SynthctError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SynthctError("config file not found", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SynthctError("not valid YAML (not UTF-8 text)", path) from None
+    try:
+        return config_from_yaml(text)
+    except SynthctError as exc:
+        raise SynthctError(exc.problem, path) from None
 
 
 def _preset_folders() -> list[Path]:

@@ -94,7 +94,7 @@ class RunLogger:
         if new_file:
             self.columns = list(BASE_COLUMNS) + keys
         elif any(k not in self.columns for k in keys):
-            # New loss terms (e.g. after the contrast warm-up): widen the header of the rows so far.
+            # New loss terms (a run resumed with a setting that adds one): widen the header of the rows so far.
             self.columns += [k for k in keys if k not in self.columns]
             self._rewrite(read_log(self.path))
         buffer = io.StringIO()

@@ -1,19 +1,18 @@
-"""The training loop: device, precision, optimisers and schedule, data-parallel gradients,
-logging, samples, checkpoints, and clean stops (budget, Ctrl-C / SIGTERM, NaN).
+"""The training loop: device, precision, optimisers and schedule, data-parallel gradients, and
+the run around them.
 
-The model object owns the networks and the objective (``generator_loss``,
-``discriminator_loss``); this module only knows how to optimise it. :class:`Trainer` is one
-optimisation step at a time (benchmarks time ``Trainer.step``); :func:`train` is the whole run
-on a run folder.
+The model object owns the networks and the objective (synthct.models.base.TranslationModel);
+this module only knows how to optimise it. :class:`Trainer` is one optimisation step at a time
+(benchmarks time ``Trainer.step``); :func:`train` is the whole run on a run folder, a short
+sequence of named steps whose loop hands logging, samples, checkpoints, snapshots and stopping
+to the callbacks of engine.callbacks.
 """
 
 from __future__ import annotations
 
 import random
 import re
-import shutil
 import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,22 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from synthct.config import RunConfig, config_to_dict, save_config
+from synthct.config import RunConfig
 from synthct.engine import distributed as ddp
-from synthct.engine.checkpoint import (generator_architecture, has_state, load_state, save_generator,
-                                       save_state)
-from synthct.engine.logging import RunLogger, plot_loss_curves, read_log, save_sample_grid
+from synthct.engine.callbacks import (Callback, Checkpoints, Clock, Samples, Snapshots, StepInfo, StepLog, Stops,
+                                      StopSignals)
+from synthct.engine.checkpoint import load_state, save_state
+from synthct.engine.logging import RunLogger, plot_loss_curves, read_log
 from synthct.engine.precision import Precision, resolve_device, resolve_precision
+from synthct.engine.run_folder import prepare_run_dir, write_config
+from synthct.engine.setup import build_run_model, check_config, collate, epoch_order, load_training_data
 from synthct.errors import SynthctError
+from synthct.models.base import TranslationModel
+from synthct.models.saved import save_generators
 
 NAN_POLICIES = ("stop", "skip")
-RUN_ARTIFACTS = ("config.yaml", "log.csv", "loss_curves.png", "checkpoints", "samples", "tensorboard",
-                 "snapshots", "raw",
-                 "generator_mr2ct.safetensors", "generator_mr2ct.json",
-                 "generator_ct2mr.safetensors", "generator_ct2mr.json")
 
 
 class NonFiniteLoss(SynthctError):
@@ -67,70 +66,6 @@ class StepOutput:
     cache: dict | None = None
 
 
-def downsample_batch(batch: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
-    """Whole slices at size x size; area averaging is the anti-aliased downsampling."""
-    return {name: F.interpolate(x, size=(size, size), mode="area") for name, x in batch.items()}
-
-
-def smallest_image(cfg: RunConfig) -> int:
-    """The smallest slice the discriminators can judge: the PatchGAN's last two 4 x 4 convolutions
-    need 4 pixels after its d_layers halvings, at the coarsest of its scales."""
-    return 2 ** (cfg.model.d_layers + 2 + cfg.model.d_scales - 1)
-
-
-def check_sizes(cfg: RunConfig) -> None:
-    smallest = smallest_image(cfg)
-    if cfg.data.resize != "none" and cfg.data.size < smallest:
-        raise SynthctError(f"data.size must be at least {smallest} for a PatchGAN with model.d_layers="
-                           f"{cfg.model.d_layers} and model.d_scales={cfg.model.d_scales}, got {cfg.data.size}")
-    size, until = cfg.train.coarse_size, cfg.train.coarse_until
-    if size is None:
-        return
-    multiple = 2 ** cfg.model.unet_downs if cfg.model.generator == "unet" else 4
-    if not 0 < size < cfg.data.size or size % multiple:
-        raise SynthctError(f"train.coarse_size must be smaller than data.size ({cfg.data.size}) and a multiple "
-                           f"of {multiple} for the {cfg.model.generator} generator, got {size}")
-    if size < smallest:
-        raise SynthctError(f"train.coarse_size must be at least {smallest} for a PatchGAN with model.d_layers="
-                           f"{cfg.model.d_layers} and model.d_scales={cfg.model.d_scales}, got {size}")
-    if not 0.0 < until <= 1.0:
-        raise SynthctError(f"train.coarse_until must be a fraction of training in (0, 1], got {until}")
-
-
-def check_optimisation(cfg: RunConfig) -> None:
-    """Values torch would otherwise reject mid-start with its own exception, or that would divide by zero."""
-    t = cfg.train
-    for name, value in (("lr", t.lr), ("lr_d", t.lr_d)):
-        if value is not None and not value > 0:
-            raise SynthctError(f"train.{name} must be a positive learning rate, got {value}")
-    for name, value in (("beta1", t.beta1), ("beta2", t.beta2)):
-        if not 0.0 <= value < 1.0:
-            raise SynthctError(f"train.{name} must lie in [0, 1) (Adam), got {value}")
-    if not 0.0 <= t.decay_start <= 1.0:
-        raise SynthctError(f"train.decay_start must be a fraction of training in [0, 1], got {t.decay_start}")
-    if t.log_every < 1:
-        raise SynthctError(f"train.log_every must be a step count of at least 1, got {t.log_every}")
-    for name, value in (("sample_every", t.sample_every), ("checkpoint_every", t.checkpoint_every)):
-        if value < 0:
-            raise SynthctError(f"train.{name} must be a step count (0: never), got {value}")
-    if t.threads is not None and t.threads < 0:
-        raise SynthctError(f"train.threads must be a thread count (0 or unset: all cores), got {t.threads}")
-    if t.max_minutes is not None and not t.max_minutes > 0:
-        raise SynthctError(f"train.max_minutes must be positive, got {t.max_minutes}")
-
-
-def check_warmup(cfg: RunConfig) -> None:
-    warmups = {"contrast_warmup": cfg.train.contrast_warmup, "discriminator_warmup": cfg.train.discriminator_warmup}
-    for name, warmup in warmups.items():
-        if not 0.0 <= warmup <= 1.0:
-            raise SynthctError(f"train.{name} must be a fraction of training in [0, 1], got {warmup}")
-        if warmup and cfg.model.name != "cyclegan":
-            raise SynthctError(f"train.{name} is a CycleGAN warm-up; model.name is {cfg.model.name}")
-    if sum(warmups.values()) > 1.0:
-        raise SynthctError("train.contrast_warmup + train.discriminator_warmup must not exceed 1 (the whole "
-                           f"training), got {sum(warmups.values()):g}")
-
-
 def _capture_rng() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -156,7 +91,7 @@ class Trainer:
     """Optimises a synthct model: Adam(lr, (beta1, beta2)) for the generators and for the
     discriminators, each with a constant-then-linear-decay LambdaLR over ``total_steps``."""
 
-    def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int, device: torch.device,
+    def __init__(self, model: TranslationModel, cfg: RunConfig, total_steps: int, device: torch.device,
                  precision: Precision, env: ddp.DistEnv | None = None):
         if cfg.train.nan_policy not in NAN_POLICIES:
             raise SynthctError(f"unknown train.nan_policy '{cfg.train.nan_policy}' (use stop or skip)")
@@ -207,26 +142,6 @@ class Trainer:
     def lr(self) -> float:
         return self.opt_g.param_groups[0]["lr"]
 
-    @property
-    def progress(self) -> float:
-        """Share of the schedule done: of the budget when it follows the clock, else of the steps."""
-        return self.time_fraction if self.time_fraction is not None else self.step_index / self.total_steps
-
-    @property
-    def image_size(self) -> int:
-        """The slice size of the next step (progressive resizing: coarse first)."""
-        coarse = self.cfg.train.coarse_size
-        return coarse if coarse and self.progress < self.cfg.train.coarse_until else self.cfg.data.size
-
-    @property
-    def phase(self) -> str:
-        """What the next step trains: "contrast_warmup" (the generators alone), then
-        "discriminator_warmup" (the discriminators alone), then "game"."""
-        contrast, discriminator = self.cfg.train.contrast_warmup, self.cfg.train.discriminator_warmup
-        if self.progress < contrast:
-            return "contrast_warmup"
-        return "discriminator_warmup" if self.progress < contrast + discriminator else "game"
-
     def _to_device(self, batch: dict) -> dict[str, torch.Tensor]:
         return {name: torch.as_tensor(x).to(self.device, non_blocking=True).contiguous(
             memory_format=self.precision.train_memory_format) for name, x in batch.items()}
@@ -270,20 +185,12 @@ class Trainer:
             optimizer.step()
 
     def step(self, batch: dict) -> StepOutput:
-        """One step: L_G -> backward -> L_D -> backward -> Adam on G, Adam on D (or, during a
-        warm-up, a step of the generators alone or of the discriminators alone).
+        """One step: L_G -> backward -> L_D -> backward -> Adam on G, Adam on D (the discriminator
+        half only for a model with discriminators).
 
         L_D only sees detached fakes, so computing it before G's update gives the same result
         as the reference order and lets a NaN in either loss skip the whole step."""
-        if self.image_size != batch["mr"].shape[-1]:
-            batch = downsample_batch(batch, self.image_size)
         batch = self._to_device(batch)
-        phase = self.phase
-        if phase == "contrast_warmup":  # L_warm -> backward -> Adam on the generators
-            return self._one_side_step(lambda: self.model.warmup_loss(batch), self.opt_g, self.g_params, "warm-up")
-        if phase == "discriminator_warmup":  # L_D against the generators as they stand -> Adam on D
-            return self._one_side_step(lambda: self.model.discriminator_loss(batch, self.model.translations(batch)),
-                                       self.opt_d, self.d_params, "discriminator")
         self.opt_g.zero_grad(set_to_none=True)
         with self.precision.autocast():
             loss_g, terms, cache = self.model.generator_loss(batch)
@@ -303,19 +210,7 @@ class Trainer:
             self._update(self.opt_d)
         return self._finish(terms, cache | {"batch": batch})
 
-    def _one_side_step(self, loss_and_terms, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
-                       what: str) -> StepOutput:
-        """A warm-up step: one loss, one backward, one optimiser; the other side waits."""
-        optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast():
-            loss, terms = loss_and_terms()
-        if not self._check_finite(loss, what):
-            return self._skip()
-        self._backward(loss, params)
-        self._update(optimizer)
-        return self._finish(terms, None)
-
-    def _finish(self, terms: dict[str, torch.Tensor], cache: dict | None) -> StepOutput:
+    def _finish(self, terms: dict[str, torch.Tensor], cache: dict) -> StepOutput:
         if self.scaler:
             self.scaler.update()
         generators = self.model.generators()
@@ -334,8 +229,7 @@ class Trainer:
         """What differs between data-parallel processes: their RNG streams and the image pools
         of the fakes each one generated (on the CPU, so it can travel to rank 0)."""
         state = {"rng": _capture_rng()}
-        if hasattr(self.model, "pools_state_dict"):
-            state["pools"] = {name: t.cpu() for name, t in self.model.pools_state_dict().items()}
+        state["pools"] = {name: t.cpu() for name, t in self.model.pools_state_dict().items()}
         return state
 
     def state_dict(self, replicas: list[dict] | None = None) -> dict:
@@ -375,7 +269,7 @@ class Trainer:
             if self.opt_d:
                 self.opt_d.load_state_dict(state["opt_d"])
                 self.sched_d.load_state_dict(state["sched_d"])
-            if "pools" in own and hasattr(self.model, "load_pools_state_dict"):
+            if "pools" in own:
                 self.model.load_pools_state_dict(own["pools"])
             if self.scaler and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
@@ -422,129 +316,115 @@ class TrainResult:
         return 128 + self.signal if self.signal else 0
 
 
-class _StopSignals:
-    """SIGINT/SIGTERM set a flag so the loop finishes its step and saves; a second one aborts."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame):
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+def _schedule(cfg: RunConfig, slices: int, env: ddp.DistEnv) -> tuple[int, int, bool]:
+    """(steps per epoch, total steps, whether the lr schedule follows the time budget)."""
+    steps_per_epoch = slices // env.world_size // cfg.train.batch_size
+    if steps_per_epoch < 1:
+        raise SynthctError(f"only {slices} training slices for batch size {cfg.train.batch_size}"
+                           f"{f' on {env.world_size} processes' if env.enabled else ''}")
+    by_time = cfg.train.max_minutes is not None and not cfg.train.steps and not cfg.train.epochs
+    if cfg.train.steps:
+        return steps_per_epoch, cfg.train.steps, by_time
+    if cfg.train.epochs:
+        return steps_per_epoch, cfg.train.epochs * steps_per_epoch, by_time
+    if by_time:
+        return steps_per_epoch, 10**12, by_time  # the budget ends training
+    raise SynthctError("set the length of training: --steps N, --epochs N or --minutes M "
+                       "(train.steps / train.epochs / train.max_minutes)")
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder: resuming needs a run, a new run needs an empty
-    one (or ``overwrite``, which removes the previous run's files, and only those)."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SynthctError("run folder exists and is not a folder", run_dir)
-    has_run = run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_ARTIFACTS)
-    if resume:
-        if not has_state(run_dir / "checkpoints"):
-            raise SynthctError("nothing to resume: no checkpoints/state.json in this folder", run_dir)
-        return
-    if has_run:
-        if not overwrite:
-            raise SynthctError("already holds a training run; use --resume to continue it or "
-                               "--overwrite to start again", run_dir)
-        for name in RUN_ARTIFACTS:
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _resume(trainer: Trainer, run_dir: Path, log: RunLogger) -> float:
+    """Load the run's last complete checkpoint into ``trainer``; returns the training time before it."""
+    state, which = load_state(run_dir / "checkpoints")
+    if which != "state":
+        log.say("the last checkpoint write was interrupted before its final rename; resuming from "
+                f"checkpoints/{which}" if which == "state.next" else
+                f"checkpoints/state was unusable; resuming from checkpoints/{which}")
+    trainer.load_state_dict(state)
+    log.truncate_after(trainer.step_index)
+    return float(state.get("elapsed_s", 0.0))
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled item order of one epoch; a pure function of (seed, epoch) so a resumed run
-    continues mid-epoch exactly where it stopped."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
+@dataclass
+class Run:
+    """A training run in progress, as the loop and its callbacks see it."""
+
+    cfg: RunConfig
+    run_dir: Path
+    env: ddp.DistEnv
+    trainer: Trainer
+    dataset: object
+    log: RunLogger
+    steps_per_epoch: int
+    total_steps: int
+    by_time: bool  # the lr schedule follows the time budget
+    resumed: bool
+    clock: Clock
+    stopped: str | None = None  # budget | signal | step, once a callback stops the run
+    signal: int | None = None
+    losses: dict[str, float] = field(default_factory=dict)  # the last logged values
+    generators: dict[str, Path] = field(default_factory=dict)  # written by this process
+
+    @property
+    def epoch(self) -> int:
+        return self.trainer.step_index // self.steps_per_epoch
+
+    def next_batch(self) -> tuple[dict[str, torch.Tensor], float]:
+        """The batch of the next step and the seconds spent assembling it."""
+        epoch, position = divmod(self.trainer.step_index, self.steps_per_epoch)
+        self.dataset.set_epoch(epoch)
+        order = ddp.shard(epoch_order(len(self.dataset), self.cfg.train.seed, epoch), self.env)
+        size = self.cfg.train.batch_size
+        tick = time.monotonic()
+        batch = collate(self.dataset, order[position * size:(position + 1) * size])
+        return batch, time.monotonic() - tick
+
+    def step(self, batch: dict[str, torch.Tensor], data_s: float) -> StepInfo:
+        epoch, lr = self.epoch, self.trainer.lr
+        tick = time.monotonic()
+        try:
+            out = self.trainer.step(batch)
+        except NonFiniteLoss:
+            self.log.close()
+            raise
+        if self.trainer.device.type == "cuda":
+            torch.cuda.synchronize(self.trainer.device)
+        return StepInfo(self.trainer.step_index, epoch, lr, data_s, time.monotonic() - tick, out)
+
+    def checkpoint(self) -> None:
+        """Full state for resuming, then the generators for translating (written by rank 0;
+        every process must call it, since each hands rank 0 its own RNG streams and pools)."""
+        replicas = ddp.gather_to_main(self.trainer.replica_state(), self.env)
+        if not self.env.is_main:
+            return
+        self.log.flush()
+        step, epoch = self.trainer.step_index, self.epoch
+        save_state(self.run_dir / "checkpoints",
+                   self.trainer.state_dict(replicas) | {"epoch": epoch, "elapsed_s": self.clock.elapsed()})
+        if self.trainer.ema:
+            save_generators(self.trainer.model.generators(), self.cfg, self.run_dir / "raw", self.dataset, step, epoch)
+        self.generators = save_generators(self.trainer.export_generators(), self.cfg, self.run_dir, self.dataset,
+                                          step, epoch)
+
+    def snapshot(self, step: int, epoch: int) -> None:
+        save_generators(self.trainer.export_generators(), self.cfg, self.run_dir / "snapshots", self.dataset,
+                        step, epoch, suffix=f"_step{step:07d}")
 
 
-def collate(dataset, indices: list[int]) -> dict[str, torch.Tensor]:
-    items = [dataset[i] for i in indices]
-    return {name: torch.stack([torch.as_tensor(item[name]) for item in items]) for name in items[0]}
-
-
-def _budget_clock(kind: str):
-    """Seconds for budgets and logs: wall time, or this process's CPU time per thread, which
-    gives a run on a shared machine the compute it would have had alone."""
-    if kind == "wall":
-        return time.monotonic
-    if kind == "cpu":
-        threads = torch.get_num_threads()
-        return lambda: time.process_time() / threads
-    raise SynthctError(f"unknown train.clock '{kind}' (use wall or cpu)")
-
-
-def _build_model(cfg: RunConfig, channels: int) -> nn.Module:
-    from synthct.models import build_model
-
-    if cfg.model.generator == "unet" and cfg.data.size % 2 ** cfg.model.unet_downs:
-        raise SynthctError(f"a U-Net with model.unet_downs={cfg.model.unet_downs} needs data.size to be a "
-                           f"multiple of {2 ** cfg.model.unet_downs}, got {cfg.data.size} (lower model.unet_downs)")
-    try:
-        return build_model(cfg.model, in_channels=channels, out_channels=channels)
-    except ValueError as exc:
-        raise SynthctError(f"cannot build model: {exc}") from None
-
-
-def _load_data(cfg: RunConfig, run_dir: Path):
-    from synthct.data.layouts import collect_sources
-    from synthct.data.slices import SliceDataset
-
-    sources = collect_sources(cfg.data, split="train")
-    paired = cfg.model.name == "pix2pix" or cfg.data.paired
-    if cfg.model.name == "pix2pix" and not sources.paired:
-        raise SynthctError("pix2pix needs paired, co-registered MR/CT: use a SynthRAD layout "
-                           "(<case>/mr.nii.gz + ct.nii.gz) or --set data.paired=true with matching "
-                           "MR and CT folders")
-    cache_dir = run_dir / "cache" if cfg.data.cache == "mmap" else None
-    dataset = SliceDataset(sources, cfg.data, paired=paired, seed=cfg.train.seed, cache_dir=cache_dir,
-                           body_masks=cfg.model.body_masked)
-    if len(dataset) == 0:
-        raise SynthctError("no usable training slices (all below data.min_body_fraction?)",
-                           cfg.data.root or cfg.data.mr)
-    return dataset
-
-
-def generator_meta(cfg: RunConfig, module: nn.Module, direction: str, dataset, step: int, epoch: int) -> dict:
-    source, target = direction.split("2")
-    mappings = dataset.mappings
-    return {
-        "direction": direction, "source": source, "target": target, "model": cfg.model.name,
-        "architecture": generator_architecture(module, cfg.model.generator, cfg.data.slices,
-                                               cfg.model.ngf, cfg.model.blocks),
-        "slices": cfg.data.slices, "size": cfg.data.size, "axis": cfg.data.axis, "resize": cfg.data.resize,
-        "intensity_mode": dataset.intensity_mode,
-        "body_masked": cfg.model.body_masked,
-        "input_mapping": mappings[source], "output_mapping": mappings[target],
-        "step": step, "epoch": epoch, "config": config_to_dict(cfg),
-    }
-
-
-def export_generators(modules: dict[str, nn.Module], cfg: RunConfig, folder: Path, dataset, step: int,
-                      epoch: int) -> dict[str, Path]:
-    paths = {}
-    for direction, module in modules.items():
-        meta = generator_meta(cfg, module, direction, dataset, step, epoch)
-        paths[direction] = save_generator(module, folder / f"generator_{direction}", meta)
-    return paths
+def _fit(run: Run, callbacks: list[Callback]) -> None:
+    """The loop: batch, step, callbacks; until the schedule ends or a callback stops the run."""
+    for callback in callbacks:
+        callback.on_start(run)
+    while run.trainer.step_index < run.total_steps:
+        if run.by_time:
+            run.trainer.time_fraction = run.clock.fraction_spent()
+        info = run.step(*run.next_batch())
+        for callback in callbacks:
+            callback.on_step(run, info)
+        if run.stopped:
+            break
+    for callback in callbacks:
+        callback.on_end(run)
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
@@ -564,16 +444,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: 
 
 
 def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
-    from synthct.models import check_model_config
-
-    check_model_config(cfg.model)
-    check_sizes(cfg)
-    check_warmup(cfg)
-    check_optimisation(cfg)
-    if cfg.train.stop_at_step is not None and cfg.train.stop_at_step < 1:
-        raise SynthctError(f"train.stop_at_step must be a step number of at least 1, got {cfg.train.stop_at_step}")
-    if cfg.train.batch_size < 1:
-        raise SynthctError(f"train.batch_size must be at least 1, got {cfg.train.batch_size}")
+    check_config(cfg)
     if env.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
     log = RunLogger(run_dir, enabled=env.is_main and not quiet, writes_files=env.is_main)
@@ -581,158 +452,54 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
         torch.set_num_threads(cfg.train.threads)
     precision = resolve_precision(cfg.train.precision, device)
     seed_everything(cfg.train.seed)
-
-    dataset = _load_data(cfg, run_dir)
-    per_rank = len(dataset) // env.world_size
-    steps_per_epoch = per_rank // cfg.train.batch_size
-    if steps_per_epoch < 1:
-        raise SynthctError(f"only {len(dataset)} training slices for batch size {cfg.train.batch_size}"
-                           f"{f' on {env.world_size} processes' if env.enabled else ''}")
-    budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
-    by_time = budget_s is not None and not cfg.train.steps and not cfg.train.epochs
-    if cfg.train.steps:
-        total_steps = cfg.train.steps
-    elif cfg.train.epochs:
-        total_steps = cfg.train.epochs * steps_per_epoch
-    elif by_time:
-        total_steps = 10**12  # the budget ends training
-    else:
-        raise SynthctError("set the length of training: --steps N, --epochs N or --minutes M "
-                           "(train.steps / train.epochs / train.max_minutes)")
-
-    model = _build_model(cfg, cfg.data.slices)
-    trainer = Trainer(model, cfg, total_steps, device, precision, env)
-    checkpoints = run_dir / "checkpoints"
-    elapsed_before = 0.0
-    if resume:
-        state, which = load_state(checkpoints)
-        if which != "state":
-            log.say("the last checkpoint write was interrupted before its final rename; resuming from "
-                    f"checkpoints/{which}" if which == "state.next" else
-                    f"checkpoints/state was unusable; resuming from checkpoints/{which}")
-        trainer.load_state_dict(state)
-        elapsed_before = float(state.get("elapsed_s", 0.0))
-        log.truncate_after(trainer.step_index)
+    dataset = load_training_data(cfg, run_dir)
+    steps_per_epoch, total_steps, by_time = _schedule(cfg, len(dataset), env)
+    trainer = Trainer(build_run_model(cfg, cfg.data.slices), cfg, total_steps, device, precision, env)
+    elapsed_before = _resume(trainer, run_dir, log) if resume else 0.0
     if env.is_main:
-        save_config(cfg, run_dir / "config.yaml")
+        write_config(cfg, run_dir)
+    log.say(_describe(cfg, trainer, len(dataset), steps_per_epoch, by_time, resume))
+    budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
+    run = Run(cfg, run_dir, env, trainer, dataset, log, steps_per_epoch, total_steps, by_time, resume,
+              Clock(cfg.train.clock, elapsed_before, budget_s, spans_resumes=by_time))
+    with StopSignals() as signals, log.progress(None if by_time else total_steps, trainer.step_index):
+        _fit(run, [StepLog(cfg.train.log_every), Samples(cfg.train.sample_every),
+                   Checkpoints(cfg.train.checkpoint_every), Snapshots(cfg.train.snapshot_minutes),
+                   Stops(signals, cfg.train.stop_at_step)])
+    _report_end(run)
+    return TrainResult(run_dir=run_dir, steps=trainer.step_index, total_steps=total_steps, epoch=run.epoch,
+                       stopped=run.stopped or "done", signal=run.signal, losses=run.losses,
+                       skipped_steps=trainer.skipped_steps, precision=precision.name, device=str(device),
+                       generators=run.generators, model=trainer.model)
 
-    log.say(f"training {cfg.model.name} ({cfg.model.generator}, ngf {cfg.model.ngf}) on {device}"
-            f"{f' x{env.world_size} processes' if env.enabled else ''}: precision {precision.name} "
-            f"({precision.reason}), {len(dataset)} slices {cfg.data.size}px x{cfg.data.slices}, "
+
+def _describe(cfg: RunConfig, trainer: Trainer, slices: int, steps_per_epoch: int, by_time: bool,
+              resume: bool) -> str:
+    env = trainer.env
+    return (f"training {cfg.model.name} ({cfg.model.generator}, ngf {cfg.model.ngf}) on {trainer.device}"
+            f"{f' x{env.world_size} processes' if env.enabled else ''}: precision {trainer.precision.name} "
+            f"({trainer.precision.reason}), {slices} slices {cfg.data.size}px x{cfg.data.slices}, "
             f"batch {cfg.train.batch_size}, {steps_per_epoch} steps/epoch"
             + (f", {cfg.train.max_minutes:g} min with the lr schedule following the clock" if by_time
-               else f", {total_steps} steps")
-            + (f", resuming at step {trainer.step_index}" if resume else "")
-            + (f"; the first {cfg.train.coarse_until:.0%} at {cfg.train.coarse_size}px" if cfg.train.coarse_size else "")
-            + (f"; the first {cfg.train.contrast_warmup:.0%} a contrast warm-up of the generators"
-               if cfg.train.contrast_warmup else "")
-            + (f"; {'then' if cfg.train.contrast_warmup else 'the first'} {cfg.train.discriminator_warmup:.0%} "
-               "a warm-up of the discriminators"
-               if cfg.train.discriminator_warmup else ""))
+               else f", {trainer.total_steps} steps")
+            + (f", resuming at step {trainer.step_index}" if resume else ""))
 
-    def checkpoint() -> dict[str, Path]:
-        """Full state for resuming, then the generators for translating (written by rank 0;
-        every process must call it, since each hands rank 0 its own RNG streams and pools)."""
-        replicas = ddp.gather_to_main(trainer.replica_state(), env)
-        if not env.is_main:
-            return {}
-        log.flush()
-        epoch = trainer.step_index // steps_per_epoch
-        state = trainer.state_dict(replicas) | {"epoch": epoch, "elapsed_s": elapsed_before + clock() - train_started}
-        save_state(checkpoints, state)
-        if trainer.ema:
-            export_generators(model.generators(), cfg, run_dir / "raw", dataset, trainer.step_index, epoch)
-        return export_generators(trainer.export_generators(), cfg, run_dir, dataset, trainer.step_index, epoch)
 
-    def snapshot(step: int, epoch: int) -> None:
-        for direction, module in trainer.export_generators().items():
-            meta = generator_meta(cfg, module, direction, dataset, step, epoch)
-            save_generator(module, run_dir / "snapshots" / f"generator_{direction}_step{step:07d}", meta)
-
-    stopped, stop_signal, last_losses, generators = "done", None, {}, {}
-    # A stop point the run has already passed is behind it: resuming continues past it.
-    stop_at = cfg.train.stop_at_step if (cfg.train.stop_at_step or 0) > trainer.step_index else None
-    saved_at = trainer.step_index if resume else -1
-    saved_here = False  # rank-independent, unlike `generators`, so every process checkpoints together
-    clock = _budget_clock(cfg.train.clock)
-    train_started = clock()  # budgets count training, not data loading
-
-    def spent_s() -> float:
-        # A clock-driven schedule spans resumes; a step-driven budget is per invocation.
-        return (elapsed_before if by_time else 0.0) + clock() - train_started
-
-    snapshot_s = cfg.train.snapshot_minutes * 60 if cfg.train.snapshot_minutes else None
-    next_snapshot = (int(spent_s() // snapshot_s) + 1) * snapshot_s if snapshot_s else None
-    if snapshot_s and env.is_main and not resume:
-        snapshot(0, 0)
-    with _StopSignals() as signals, log.progress(None if by_time else total_steps, trainer.step_index) as bar:
-        while trainer.step_index < total_steps:
-            if by_time:
-                trainer.time_fraction = min(1.0, spent_s() / budget_s)
-            epoch, position = divmod(trainer.step_index, steps_per_epoch)
-            dataset.set_epoch(epoch)
-            order = ddp.shard(epoch_order(len(dataset), cfg.train.seed, epoch), env)
-            tick = time.monotonic()
-            batch_size = cfg.train.batch_size
-            batch = collate(dataset, order[position * batch_size:(position + 1) * batch_size])
-            data_s = time.monotonic() - tick
-            lr = trainer.lr
-            try:
-                out = trainer.step(batch)
-            except NonFiniteLoss:
-                log.close()
-                raise
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step_s = time.monotonic() - tick - data_s
-            step = trainer.step_index
-            if out.losses:
-                last_losses = out.losses
-            log.record(step=step, epoch=epoch, elapsed_s=elapsed_before + clock() - train_started, lr=lr,
-                       data_s=data_s, step_s=step_s, skipped=int(out.skipped), losses=out.losses)
-            bar.update(1)
-            if env.is_main and out.cache is not None and cfg.train.sample_every and step % cfg.train.sample_every == 0:
-                save_sample_grid(model.samples(out.cache, out.cache["batch"]),
-                                 run_dir / "samples" / f"step_{step:06d}.png")
-            if step % cfg.train.log_every == 0:
-                log.flush()
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total_steps:
-                generators = checkpoint()
-                saved_at, saved_here = step, True
-            if next_snapshot is not None and spent_s() >= next_snapshot:
-                if env.is_main:
-                    snapshot(step, epoch)
-                next_snapshot += snapshot_s
-            over_budget = budget_s is not None and spent_s() >= budget_s
-            # 0 go on, 1 budget spent, else a signal number (SIGINT 2, SIGTERM 15): every process
-            # stops at the same step for the same reason, also when only one of them was signalled.
-            stop = ddp.max_over_ranks(signals.received or int(over_budget), env, device)
-            if stop:
-                stopped, stop_signal = ("signal", stop) if stop > 1 else ("budget", None)
-                break
-            if stop_at is not None and step >= stop_at:
-                stopped = "step"
-                break
-        if saved_at != trainer.step_index or not saved_here:
-            generators = checkpoint()
-    epoch = trainer.step_index // steps_per_epoch
-    if stopped == "signal":
-        name = signal.Signals(stop_signal).name
-        log.say(f"stopped by {name} at step {trainer.step_index}; resumable state saved "
+def _report_end(run: Run) -> None:
+    """Say why the run stopped; rank 0 closes log.csv and draws the loss curves."""
+    step, run_dir, log = run.trainer.step_index, run.run_dir, run.log
+    of_total = "" if run.by_time else f"/{run.total_steps}"
+    if run.stopped == "signal":
+        log.say(f"stopped by {signal.Signals(run.signal).name} at step {step}; resumable state saved "
                 f"(synthct train --resume {run_dir})")
-    elif stopped == "step":
-        log.say(f"stopped at step {trainer.step_index} (train.stop_at_step); resumable state saved "
+    elif run.stopped == "step":
+        log.say(f"stopped at step {step} (train.stop_at_step); resumable state saved "
                 f"(synthct train --resume {run_dir} continues past it)")
-    elif stopped == "budget":
-        log.say(f"time budget of {cfg.train.max_minutes:g} min spent at step {trainer.step_index}"
-                f"{'' if by_time else f'/{total_steps}'}; "
+    elif run.stopped == "budget":
+        log.say(f"time budget of {run.cfg.train.max_minutes:g} min spent at step {step}{of_total}; "
                 f"state saved (continue with synthct train --resume {run_dir})")
-    if env.is_main:
+    if run.env.is_main:
         log.close()
         plot_loss_curves(read_log(run_dir / "log.csv"), run_dir / "loss_curves.png")
-        log.say(f"done: {trainer.step_index}{'' if by_time else f'/{total_steps}'} steps, data wait {log.data_wait_fraction():.0%} "
-                f"of step time, {trainer.skipped_steps} skipped; generators in {run_dir}")
-    return TrainResult(run_dir=run_dir, steps=trainer.step_index, total_steps=total_steps, epoch=epoch,
-                       stopped=stopped, signal=stop_signal,
-                       losses=last_losses, skipped_steps=trainer.skipped_steps, precision=precision.name,
-                       device=str(device), generators=generators, model=model)
+        log.say(f"done: {step}{of_total} steps, data wait {log.data_wait_fraction():.0%} "
+                f"of step time, {run.trainer.skipped_steps} skipped; generators in {run_dir}")

@@ -20,11 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from synthct.config import ModelConfig
+from synthct.models.base import DISCRIMINATOR_OPTIONS, GENERATOR_OPTIONS, TranslationModel
 from synthct.models.common import centre_channel, init_weights, set_requires_grad
-from synthct.models.cyclegan import batched, discriminator_objective
 from synthct.models.discriminator import PatchDiscriminator
 from synthct.models.generators import ResnetGenerator
 from synthct.models.losses import GANLoss, PatchNCELoss
+from synthct.models.shared import batched, discriminator_objective
 
 
 class PatchSampleMLP(nn.Module):
@@ -53,7 +54,9 @@ class PatchSampleMLP(nn.Module):
         return samples, ids
 
 
-class CUT(nn.Module):
+class CUT(TranslationModel):
+    options = GENERATOR_OPTIONS + DISCRIMINATOR_OPTIONS + ("lambda_nce", "nce_idt")
+
     def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int,
                  num_patches: int = 256, temperature: float = 0.07):
         super().__init__()
@@ -62,10 +65,10 @@ class CUT(nn.Module):
         if cfg.nce_idt and in_channels != out_channels:
             raise ValueError("the identity NCE term needs MR and CT with the same number of channels, "
                              f"got {in_channels} and {out_channels}")
-        self.G = ResnetGenerator(in_channels, out_channels, ngf=cfg.ngf, n_blocks=cfg.blocks, upsample=cfg.upsample)
+        self.G = ResnetGenerator(in_channels, out_channels, ngf=cfg.ngf, n_blocks=cfg.blocks)
         self.nce_blocks = sorted({0, min(4, cfg.blocks - 1)})
         self.H = PatchSampleMLP(self.G.feature_channels(self.nce_blocks))
-        self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers, norm=cfg.d_norm == "instance")
+        self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers)
         for net in (self.G, self.H, self.D_ct):
             init_weights(net, 0.02)
         self.gan = GANLoss(cfg.gan_mode)
@@ -121,10 +124,3 @@ class CUT(nn.Module):
         if "idt_ct" in cache:
             images["idt_ct"] = cache["idt_ct"]
         return {name: centre_channel(image.detach()) for name, image in images.items()}
-
-    def pools_state_dict(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_pools_state_dict(self, state: dict[str, Tensor]) -> None:
-        if state:
-            raise ValueError(f"CUT keeps no image pool, got pool state {sorted(state)}")

@@ -4,16 +4,6 @@ discriminators D_ct and D_mr, and the full objective in one place (``generator_l
 With 2.5D input both domains carry k slices as channels: G and F map k-slice stacks to k-slice
 stacks, the discriminators judge all k, and inference keeps the centre channel.
 
-With a multi-scale discriminator (``model.d_scales`` > 1) each L_GAN is the mean over its scales.
-
-Source images as fakes (``model.lambda_source_fake`` > 0): each discriminator also learns to call
-the other domain's real images fake, L_src(D_ct) = 0.5 * L_GAN(D_ct(mr), fake) (and D_mr on ct),
-as the Domain Transfer Network's multiclass discriminator (Taigman et al. 2017) keeps a
-translation from passing for its own source. On MR -> CT the scalp's bright ring in an MR looks
-like a skull to a PatchGAN; without this term a G that keeps the MR's contrast can pass D_ct from
-the first steps, and the cycle loss then holds it there. (On the real brain scans it still did
-with the term: knowing an MR is not enough to reject an MR-ordered head in a CT-bright skull.)
-
 Noise in the cycle (``model.cycle_noise`` = sigma > 0): L_cyc = |F(G(mr) + n) - mr|_1 +
 |G(F(ct) + n') - ct|_1 with n, n' ~ N(0, sigma^2) per pixel; the discriminators see the
 translations without noise. A CycleGAN can close its cycle through low-amplitude signals that a
@@ -36,93 +26,35 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import adaptive_avg_pool2d, l1_loss
+from torch.nn.functional import l1_loss
 
 from synthct.config import ModelConfig
+from synthct.models.base import DISCRIMINATOR_OPTIONS, GENERATOR_OPTIONS, TranslationModel
 from synthct.models.common import centre_channel, init_weights, set_requires_grad
-from synthct.models.contrast import inverted_foreground, random_grey_map
-from synthct.models.discriminator import build_discriminator
+from synthct.models.discriminator import PatchDiscriminator
 from synthct.models.generators import build_generator
 from synthct.models.losses import GANLoss, build_structure_loss
 from synthct.models.pool import ImagePool
+from synthct.models.shared import adversarial, batched, discriminator_objective, in_body, new_pool_seed
 
 
-def batched(net: nn.Module, *inputs: Tensor) -> tuple:
-    """One forward call on inputs concatenated along N, split back. Exact for these networks:
-    InstanceNorm normalises each sample on its own and nothing else mixes samples. A multi-scale
-    discriminator's maps are split scale by scale: one list of maps per input."""
-    output, sizes = net(torch.cat(inputs)), [len(x) for x in inputs]
-    if isinstance(output, list):
-        return tuple(list(maps) for maps in zip(*(scale.split(sizes) for scale in output)))
-    return output.split(sizes)
+class CycleGAN(TranslationModel):
+    options = GENERATOR_OPTIONS + DISCRIMINATOR_OPTIONS + (
+        "lambda_cycle", "lambda_identity", "lambda_struct", "struct_loss", "body_masked", "cycle_noise")
 
-
-def in_body(image: Tensor, body: Tensor | None) -> Tensor:
-    """The image inside the body mask, air (-1) outside; unchanged without a mask."""
-    return image if body is None else image.masked_fill(body <= 0.5, -1.0)
-
-
-def patch_weights(body: Tensor | None, prediction: Tensor) -> Tensor | None:
-    """Each discriminator output's share of body: the centre slice's mask averaged onto the
-    prediction map's grid."""
-    return None if body is None else adaptive_avg_pool2d(centre_channel(body).float(), prediction.shape[-2:])
-
-
-def adversarial(gan: GANLoss, prediction: Tensor | list[Tensor], target_is_real: bool, for_discriminator: bool,
-                body: Tensor | None = None) -> list[Tensor]:
-    """L_GAN of each scale's prediction map (a single PatchGAN has one)."""
-    maps = prediction if isinstance(prediction, list) else [prediction]
-    return [gan(p, target_is_real, for_discriminator, patch_weights(body, p)) for p in maps]
-
-
-def mean(losses: list[Tensor]) -> Tensor:
-    return sum(losses) / len(losses)
-
-
-def discriminator_objectives(gan: GANLoss, D: nn.Module, real: Tensor, fake: Tensor,
-                             real_body: Tensor | None = None, fake_body: Tensor | None = None) -> list[Tensor]:
-    """0.5 * (L_GAN(D(real), real) + L_GAN(D(fake), fake)) per scale of D; halved as in the
-    reference so D learns at half the generators' rate. Real and fake share one D call (exact,
-    see batched)."""
-    pred_real, pred_fake = batched(D, real, fake.detach())
-    return [0.5 * (on_real + on_fake) for on_real, on_fake in zip(adversarial(gan, pred_real, True, True, real_body),
-                                                                   adversarial(gan, pred_fake, False, True, fake_body))]
-
-
-def source_fake_objective(gan: GANLoss, D: nn.Module, source: Tensor, body: Tensor | None = None) -> Tensor:
-    """0.5 * L_GAN(D(source), fake), averaged over D's scales: the other domain's real images
-    judged as fakes (halved like the real and fake terms)."""
-    return mean([0.5 * loss for loss in adversarial(gan, D(source), False, True, body)])
-
-
-def discriminator_objective(gan: GANLoss, D: nn.Module, real: Tensor, fake: Tensor,
-                            real_body: Tensor | None = None, fake_body: Tensor | None = None) -> Tensor:
-    """The discriminator objective, averaged over D's scales as in pix2pixHD."""
-    return mean(discriminator_objectives(gan, D, real, fake, real_body, fake_body))
-
-
-def new_pool_seed() -> int:
-    """Pools draw their seed from the global RNG, so a seeded run seeds its pools."""
-    return int(torch.randint(0, 2 ** 62, ()))
-
-
-class CycleGAN(nn.Module):
     def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int):
         super().__init__()
-        for key, used in (("the identity loss", cfg.lambda_identity > 0),
-                          ("lambda_source_fake", cfg.lambda_source_fake > 0)):
-            if used and in_channels != out_channels:
-                raise ValueError(f"{key} needs MR and CT with the same number of channels, "
-                                 f"got {in_channels} and {out_channels}")
+        if cfg.lambda_identity > 0 and in_channels != out_channels:
+            raise ValueError("the identity loss needs MR and CT with the same number of channels, "
+                             f"got {in_channels} and {out_channels}")
         # No dropout in a U-Net here: pix2pix uses it as its noise source, CycleGAN trains without
         # (as the reference does), and the cycle loss would have to undo its noise.
         self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, cfg.unet_downs,
-                                 unet_dropout=False, upsample=cfg.upsample)
+                                 unet_dropout=False)
         self.F = build_generator(cfg.generator, out_channels, in_channels, cfg.ngf, cfg.blocks, cfg.unet_downs,
-                                 unet_dropout=False, upsample=cfg.upsample)
-        norm = cfg.d_norm == "instance"
-        self.D_ct = build_discriminator(out_channels, cfg.ndf, cfg.d_layers, norm, cfg.d_scales)
-        self.D_mr = build_discriminator(in_channels, cfg.ndf, cfg.d_layers, norm, cfg.d_scales)
+                                 unet_dropout=False)
+        self.D_ct = PatchDiscriminator(out_channels, cfg.ndf, cfg.d_layers)
+        self.D_mr = PatchDiscriminator(in_channels, cfg.ndf, cfg.d_layers)
         for net in (self.G, self.F, self.D_ct, self.D_mr):
             init_weights(net, 0.02)
         self.gan = GANLoss(cfg.gan_mode)
@@ -130,10 +62,8 @@ class CycleGAN(nn.Module):
         self.lambda_cycle = cfg.lambda_cycle
         self.lambda_identity = cfg.lambda_identity
         self.lambda_struct = cfg.lambda_struct
-        self.lambda_source_fake = cfg.lambda_source_fake
         self.cycle_noise = cfg.cycle_noise
         self.body_masked = cfg.body_masked
-        self.warmup_target = cfg.warmup_target
         self.pool_ct = ImagePool(cfg.pool_size, seed=new_pool_seed())
         self.pool_mr = ImagePool(cfg.pool_size, seed=new_pool_seed())
 
@@ -171,8 +101,8 @@ class CycleGAN(nn.Module):
 
         lam = self.lambda_cycle
         terms = {
-            "G_gan": mean(adversarial(self.gan, pred_ct, True, False, mr_body)),  # L_GAN(G, D_ct)
-            "F_gan": mean(adversarial(self.gan, pred_mr, True, False, ct_body)),  # L_GAN(F, D_mr)
+            "G_gan": adversarial(self.gan, pred_ct, True, False, mr_body),  # L_GAN(G, D_ct)
+            "F_gan": adversarial(self.gan, pred_mr, True, False, ct_body),  # L_GAN(F, D_mr)
             "cycle_mr": lam * l1_loss(rec_mr.float(), real_mr.float()),             # |F(G(mr)) - mr|
             "cycle_ct": lam * l1_loss(rec_ct.float(), real_ct.float()),             # |G(F(ct)) - ct|
         }
@@ -194,58 +124,18 @@ class CycleGAN(nn.Module):
             return translation
         return translation + self.cycle_noise * torch.randn_like(translation)
 
-    def warmup_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The contrast warm-up before the adversarial game (train.contrast_warmup), one of
-        (model.warmup_target, models/contrast.py):
-        "restore":  L_warm = |G(h(ct)) - ct|_1 + |F(h'(mr)) - mr|_1 for random grey-level maps h, h';
-        "inverted": L_warm = |G(mr) - inv(mr)|_1 + |F(ct) - inv(ct)|_1, inv = foreground negated.
-        Each target is a function of the image alone, so no pairing is used."""
-        real_mr, real_ct = batch["mr"], batch["ct"]
-        if self.warmup_target == "inverted":
-            terms = {
-                "warm_ct": l1_loss(self.G(real_mr).float(), inverted_foreground(real_mr).float()),  # |G(mr) - inv(mr)|
-                "warm_mr": l1_loss(self.F(real_ct).float(), inverted_foreground(real_ct).float()),  # |F(ct) - inv(ct)|
-            }
-        else:
-            terms = {
-                "warm_ct": l1_loss(self.G(random_grey_map(real_ct)).float(), real_ct.float()),  # |G(h(ct)) - ct|
-                "warm_mr": l1_loss(self.F(random_grey_map(real_mr)).float(), real_mr.float()),  # |F(h'(mr)) - mr|
-            }
-        return sum(terms.values()), {name: value.detach() for name, value in terms.items()}
-
-    @torch.no_grad()
-    def translations(self, batch: dict[str, Tensor]) -> dict:
-        """G(mr) and F(ct) as the discriminators see them, without a graph (the discriminator
-        warm-up, train.discriminator_warmup, trains D against the generators as they stand)."""
-        mr_body, ct_body = self.bodies(batch)
-        return {"fake_ct": in_body(self.G(batch["mr"]), mr_body), "fake_mr": in_body(self.F(batch["ct"]), ct_body),
-                "mr_body": mr_body, "ct_body": ct_body}
-
     def discriminator_loss(self, batch: dict[str, Tensor], cache: dict) -> tuple[Tensor, dict[str, Tensor]]:
         set_requires_grad([self.D_ct, self.D_mr], True)
         mr_body, ct_body = self.bodies(batch)
         if not self.body_masked:
-            losses_ct = discriminator_objectives(self.gan, self.D_ct, batch["ct"], self.pool_ct.query(cache["fake_ct"]))
-            losses_mr = discriminator_objectives(self.gan, self.D_mr, batch["mr"], self.pool_mr.query(cache["fake_mr"]))
+            loss_ct = discriminator_objective(self.gan, self.D_ct, batch["ct"], self.pool_ct.query(cache["fake_ct"]))
+            loss_mr = discriminator_objective(self.gan, self.D_mr, batch["mr"], self.pool_mr.query(cache["fake_mr"]))
         else:  # a pooled fake keeps its source's body mask as an extra channel
             fake_ct, fake_ct_body = self._query(self.pool_ct, cache["fake_ct"], cache["mr_body"])
             fake_mr, fake_mr_body = self._query(self.pool_mr, cache["fake_mr"], cache["ct_body"])
-            losses_ct = discriminator_objectives(self.gan, self.D_ct, batch["ct"], fake_ct, ct_body, fake_ct_body)
-            losses_mr = discriminator_objectives(self.gan, self.D_mr, batch["mr"], fake_mr, mr_body, fake_mr_body)
-        loss_ct, loss_mr = mean(losses_ct), mean(losses_mr)
-        # D_ct and D_mr stay the real-vs-translation objectives alone, comparable with runs without
-        # the source term (the restart protocol judges them).
-        terms = {"D_ct": loss_ct.detach(), "D_mr": loss_mr.detach()}
-        if len(losses_ct) > 1:  # each scale's own loss, to see which scales still tell real from fake
-            for name, losses in (("D_ct", losses_ct), ("D_mr", losses_mr)):
-                terms |= {f"{name}_scale{index}": loss.detach() for index, loss in enumerate(losses)}
-        total = loss_ct + loss_mr
-        if self.lambda_source_fake > 0:
-            source_ct = self.lambda_source_fake * source_fake_objective(self.gan, self.D_ct, batch["mr"], mr_body)
-            source_mr = self.lambda_source_fake * source_fake_objective(self.gan, self.D_mr, batch["ct"], ct_body)
-            terms |= {"D_ct_source": source_ct.detach(), "D_mr_source": source_mr.detach()}
-            total = total + source_ct + source_mr
-        return total, terms
+            loss_ct = discriminator_objective(self.gan, self.D_ct, batch["ct"], fake_ct, ct_body, fake_ct_body)
+            loss_mr = discriminator_objective(self.gan, self.D_mr, batch["mr"], fake_mr, mr_body, fake_mr_body)
+        return loss_ct + loss_mr, {"D_ct": loss_ct.detach(), "D_mr": loss_mr.detach()}
 
     def bodies(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """(MR body, CT body) masks of the batch when body-masked, else (None, None)."""

@@ -8,31 +8,24 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from synthct.models.layers import UPSAMPLERS, ConvNormAct, OutputHead, ResidualBlock, UnetDown, UnetUp
+from synthct.models.layers import ConvNormAct, OutputHead, ResidualBlock, UnetDown, UnetUp, UpConvNormAct
 
 
 class ResnetGenerator(nn.Module):
-    """c7s1-ngf, d(2ngf), d(4ngf), n_blocks x R(4ngf), u(2ngf), u(ngf), c7s1-out + tanh.
+    """c7s1-ngf, d(2ngf), d(4ngf), n_blocks x R(4ngf), u(2ngf), u(ngf), c7s1-out + tanh; u_k is
+    the paper's fractionally-strided convolution."""
 
-    ``upsample`` picks how u_k doubles the resolution: "transpose" (the paper's fractionally-strided
-    convolution) or "resize" (nearest-neighbour resize, then convolution: no checkerboard)."""
-
-    def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, n_blocks: int = 9,
-                 upsample: str = "transpose"):
+    def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, n_blocks: int = 9):
         super().__init__()
         if n_blocks < 1:
             raise ValueError(f"ResnetGenerator needs at least one residual block, got {n_blocks}")
-        if upsample not in UPSAMPLERS:
-            raise ValueError(f"unknown upsampling '{upsample}' ({' | '.join(UPSAMPLERS)})")
-        up = UPSAMPLERS[upsample]
         self.stem = ConvNormAct(in_channels, ngf, 7, padding=3, reflect=True)
         self.down = nn.Sequential(
             ConvNormAct(ngf, 2 * ngf, 3, stride=2, padding=1),
             ConvNormAct(2 * ngf, 4 * ngf, 3, stride=2, padding=1),
         )
         self.blocks = nn.Sequential(*(ResidualBlock(4 * ngf) for _ in range(n_blocks)))
-        self.up = nn.Sequential(up(4 * ngf, 2 * ngf), up(2 * ngf, ngf))
-        self.upsample = upsample
+        self.up = nn.Sequential(UpConvNormAct(4 * ngf, 2 * ngf), UpConvNormAct(2 * ngf, ngf))
         self.head = OutputHead(ngf, out_channels)  # in fp32 even under autocast
         self.ngf = ngf
 
@@ -106,9 +99,9 @@ class UnetGenerator(nn.Module):
 
 
 def build_generator(kind: str, in_channels: int, out_channels: int, ngf: int, n_blocks: int,
-                    unet_downs: int = 8, unet_dropout: bool = True, upsample: str = "transpose") -> nn.Module:
+                    unet_downs: int = 8, unet_dropout: bool = True) -> nn.Module:
     if kind == "resnet":
-        return ResnetGenerator(in_channels, out_channels, ngf=ngf, n_blocks=n_blocks, upsample=upsample)
+        return ResnetGenerator(in_channels, out_channels, ngf=ngf, n_blocks=n_blocks)
     if kind == "unet":
         return UnetGenerator(in_channels, out_channels, num_downs=unet_downs, ngf=ngf, use_dropout=unet_dropout)
     raise ValueError(f"unknown generator '{kind}' (resnet | unet)")

@@ -185,25 +185,6 @@ class UpConvNormAct(nn.Sequential):
         )
 
 
-class ResizeConvNormAct(nn.Sequential):
-    """u_k by resize-convolution (Odena et al. 2016): nearest-neighbour 2x upsampling -> reflection
-    pad -> 3x3 convolution -> InstanceNorm -> ReLU. A stride-2 transposed 3x3 convolution gives
-    alternate output pixels different numbers of kernel taps, which leaves a period-2 checkerboard;
-    here every output pixel sees the same taps. Costs four times the transposed convolution's
-    multiply-adds (the kernel runs at the output resolution); the parameters are the same."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(
-            nn.Upsample(scale_factor=2, mode="nearest"),
-            ReflectionPad(1),
-            nn.Conv2d(in_channels, out_channels, 3, bias=True),
-            *norm_act(out_channels, "relu"),
-        )
-
-
-UPSAMPLERS = {"transpose": UpConvNormAct, "resize": ResizeConvNormAct}
-
-
 class ResidualBlock(nn.Module):
     """R_k: x + (reflect-pad, conv3x3, IN, ReLU, reflect-pad, conv3x3, IN); no ReLU after the add."""
 

@@ -2,7 +2,7 @@
 pairs; the generator minimises L_cGAN(G, D) + lambda_l1 * |G(mr) - ct|_1.
 
 As the reference, pix2pix keeps no image pool (the pool matters for the unconditional CycleGAN
-discriminators), so ``cfg.pool_size`` is ignored here.
+discriminators), so ``cfg.pool_size`` is ignored here. It trains on co-registered pairs only.
 """
 
 from __future__ import annotations
@@ -14,19 +14,22 @@ from torch import Tensor, nn
 from torch.nn.functional import l1_loss
 
 from synthct.config import ModelConfig
+from synthct.models.base import DISCRIMINATOR_OPTIONS, GENERATOR_OPTIONS, TranslationModel
 from synthct.models.common import centre_channel, init_weights, set_requires_grad
-from synthct.models.cyclegan import discriminator_objective
 from synthct.models.discriminator import PatchDiscriminator
 from synthct.models.generators import build_generator
 from synthct.models.losses import GANLoss
+from synthct.models.shared import discriminator_objective
 
 
-class Pix2Pix(nn.Module):
+class Pix2Pix(TranslationModel):
+    options = GENERATOR_OPTIONS + DISCRIMINATOR_OPTIONS + ("lambda_l1",)
+    needs_pairs = True
+
     def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int):
         super().__init__()
-        self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, cfg.unet_downs,
-                                 upsample=cfg.upsample)
-        self.D = PatchDiscriminator(in_channels + out_channels, cfg.ndf, cfg.d_layers, norm=cfg.d_norm == "instance")
+        self.G = build_generator(cfg.generator, in_channels, out_channels, cfg.ngf, cfg.blocks, cfg.unet_downs)
+        self.D = PatchDiscriminator(in_channels + out_channels, cfg.ndf, cfg.d_layers)
         init_weights(self.G, 0.02)
         init_weights(self.D, 0.02)
         self.gan = GANLoss(cfg.gan_mode)
@@ -63,10 +66,3 @@ class Pix2Pix(nn.Module):
     def samples(self, cache: dict, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         images = {"real_mr": batch["mr"], "fake_ct": cache["fake_ct"], "real_ct": batch["ct"]}
         return {name: centre_channel(image.detach()) for name, image in images.items()}
-
-    def pools_state_dict(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_pools_state_dict(self, state: dict[str, Tensor]) -> None:
-        if state:
-            raise ValueError(f"pix2pix keeps no image pool, got pool state {sorted(state)}")

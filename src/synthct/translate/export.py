@@ -113,7 +113,7 @@ def export_generator(model_ref: str | Path, direction: str, fmt: str, out: str |
     """
     import torch
 
-    from synthct.engine.checkpoint import load_generator, sha256_of
+    from synthct.models.saved import load_generator, sha256_of
 
     if fmt not in FORMATS:
         raise SynthctError(f"unknown export format '{fmt}' ({' | '.join(FORMATS)})")

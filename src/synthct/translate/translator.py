@@ -168,7 +168,7 @@ def load_runner(model_ref: str | Path, direction: str, backend: str = "torch", d
         raise SynthctError(f"unknown backend '{backend}' (torch | onnxruntime)")
     if model_ref.suffix.lower() == ".onnx":
         raise SynthctError("an ONNX model needs --backend onnxruntime", model_ref)
-    from synthct.engine.checkpoint import load_generator
+    from synthct.models.saved import load_generator
 
     module, meta = load_generator(model_ref, direction, device="cpu")
     return TorchRunner(module, device, precision), meta
