@@ -36,7 +36,7 @@ def main() -> None:
 
     from synthct.cli import main as cli
     from synthct.data.intensity import CTWindow, MRPercentile
-    from synthct.engine.checkpoint import generator_architecture, save_generator
+    from synthct.models.saved import generator_architecture, save_generator
     from synthct.io.image import Volume, write_image
     from synthct.models.generators import build_generator
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from synthct.bench import cpu_model, make_trainer, median_seconds, random_batch
-from synthct.engine.precision import Precision
+from synthct.runtime import Precision
 
 LAYOUTS = {"channels_last": torch.channels_last, "NCHW": torch.contiguous_format}
 

@@ -481,7 +481,7 @@ def judge_config(text: bytes, folder: Path) -> dict:
     """Load mutated YAML in-process (pure Python: no crash can take the process down)."""
     import traceback
 
-    from synthct.config import load_config
+    from synthct.engine import load_config
     from synthct.errors import SynthctError
 
     path = folder / "config.yaml"

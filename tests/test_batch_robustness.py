@@ -13,7 +13,7 @@ import torch
 from synthct.cli import main
 from synthct.commands import translate as translate_command
 from synthct.data.intensity import CTWindow, MRPercentile
-from synthct.engine.checkpoint import generator_architecture, save_generator
+from synthct.models.saved import generator_architecture, save_generator
 from synthct.io.image import read_image, write_image
 from synthct.io.volume import Volume
 from synthct.models.generators import build_generator

@@ -169,7 +169,8 @@ def phantoms(tmp_path_factory):
 
 def test_sigkill_at_random_moments_and_mid_write_always_resumes_from_the_newest_complete_checkpoint(
         phantoms, tmp_path):
-    from synthct.engine.checkpoint import load_generator, load_state
+    from synthct.engine.checkpoint import load_state
+    from synthct.models.saved import load_generator
 
     run = tmp_path / "run"
     kills = 6

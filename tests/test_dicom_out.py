@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 
 from synthct.cli import main
 from synthct.data.intensity import CTWindow, MRPercentile
-from synthct.engine.checkpoint import generator_architecture, save_generator
+from synthct.models.saved import generator_architecture, save_generator
 from synthct.errors import SynthctError
 from synthct.io.dicom_out import CT_IMAGE_STORAGE, write_ct_series
 from synthct.io.image import read_image

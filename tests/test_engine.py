@@ -13,7 +13,7 @@ import torch
 from synthct.engine import load_run_config
 from synthct.engine import trainer as trainer_module
 from synthct.engine.checkpoint import load_state
-from synthct.engine.precision import Precision, resolve_precision
+from synthct.runtime import Precision, resolve_precision
 from synthct.engine.setup import check_optimisation
 from synthct.engine.trainer import NonFiniteLoss, Trainer, lr_factor, seed_everything, train
 from synthct.errors import SynthctError
@@ -290,7 +290,7 @@ def test_precision_choice_follows_the_hardware(monkeypatch):
     monkeypatch.delenv("SYNTHCT_PRECISION", raising=False)
     cpu = torch.device("cpu")
     monkeypatch.setattr(trainer_module, "resolve_precision", resolve_precision)
-    from synthct.engine import precision as precision_module
+    from synthct import runtime as precision_module
 
     monkeypatch.setattr(precision_module, "cpu_bf16_support", lambda: "AVX512-BF16")
     assert resolve_precision("auto", cpu).name == "bf16"

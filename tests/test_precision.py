@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from synthct.cli import main
-from synthct.engine import precision as precision_module
-from synthct.engine.precision import resolve_precision
+from synthct import runtime as precision_module
+from synthct.runtime import resolve_precision
 from synthct.errors import SynthctError
 
 CPU = torch.device("cpu")

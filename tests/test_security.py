@@ -159,7 +159,7 @@ def hostile(tmp_path):
 
 
 def test_pickled_models_are_refused_by_load_generator(hostile):
-    from synthct.engine.checkpoint import load_generator
+    from synthct.models.saved import load_generator
     from synthct.errors import SynthctError
 
     marker, models = hostile

@@ -134,7 +134,7 @@ def make_trainer(size: int, ngf: int, blocks: int, precision: str, device: torch
                  seed: int = 0):
     """The reference configuration (CycleGAN, resnet, PatchGAN n_layers 3, LSGAN, identity on,
     batch 1, one channel) at ``size`` / ``ngf`` through the real Trainer."""
-    from synthct.engine.precision import resolve_precision
+    from synthct.runtime import resolve_precision
     from synthct.engine.trainer import Trainer, seed_everything
     from synthct.models import build_model
 
@@ -161,7 +161,7 @@ def bench_train(size: int, ngf: int, settings: Settings, precision: str, device:
 def save_benchmark_generator(folder: Path, ngf: int, blocks: int, size: int) -> Path:
     """An untrained mr2ct generator with a complete sidecar, as training exports it."""
     from synthct.data.intensity import CTWindow, MRPercentile
-    from synthct.engine.checkpoint import generator_architecture, save_generator
+    from synthct.models.saved import generator_architecture, save_generator
     from synthct.models.common import init_weights
     from synthct.models.generators import ResnetGenerator
 
@@ -286,7 +286,7 @@ def quality_run(precision: str, settings: Settings, device: torch.device) -> dic
 
 
 def run_benchmarks(settings: Settings, log: Callable[[str], None] = lambda _: None) -> Report:
-    from synthct.engine.precision import resolve_device, resolve_precision
+    from synthct.runtime import resolve_device, resolve_precision
 
     if settings.threads:
         torch.set_num_threads(settings.threads)

@@ -87,7 +87,7 @@ def _config(train_mr: Path, train_ct: Path, s: DemoSettings):
 
 def _untrained_generator(cfg, run_dir: Path, trained_sidecar: Path) -> Path:
     """The generator as initialised before step 1 (same seed), saved like a trained one."""
-    from synthct.engine.checkpoint import save_generator
+    from synthct.models.saved import save_generator
     from synthct.engine.trainer import seed_everything
     from synthct.models import build_model
 

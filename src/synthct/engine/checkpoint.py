@@ -19,9 +19,6 @@ from synthct.errors import SynthctError
 from synthct.io.atomic import atomic_write_text
 from synthct.models.saved import (load_verified, read_json, remove_stale_temporaries, save_tensors, sha256_of,
                                   write_failed)
-# Generators were saved and loaded through this module before synthct.models.saved held them;
-# callers outside the package still import them from here.
-from synthct.models.saved import generator_architecture, load_generator, save_generator  # noqa: F401
 
 STATE_FORMAT = "synthct-train-state"
 

@@ -29,7 +29,7 @@ from synthct.engine.callbacks import (Callback, Checkpoints, Clock, Samples, Sna
                                       StopSignals)
 from synthct.engine.checkpoint import load_state, save_state
 from synthct.engine.logging import RunLogger, plot_loss_curves, read_log
-from synthct.engine.precision import Precision, resolve_device, resolve_precision
+from synthct.runtime import Precision, resolve_device, resolve_precision
 from synthct.engine.run_folder import prepare_run_dir, write_config
 from synthct.engine.setup import build_run_model, check_config, collate, epoch_order, load_training_data
 from synthct.errors import SynthctError

@@ -76,7 +76,7 @@ def resolve_runtime(device: str, precision: str) -> tuple[str, str]:
     bf16 rounds the generator's tanh output to steps of about 2**-9 of the model range,
     i.e. about 4 HU in soft tissue with the default window; pass fp32 for bit-stable output.
     """
-    from synthct.engine.precision import resolve_device, resolve_precision
+    from synthct.runtime import resolve_device, resolve_precision
 
     torch_device = resolve_device(device or "auto")
     return str(torch_device), resolve_precision(precision or "auto", torch_device).name

@@ -1,4 +1,5 @@
-"""Choose the compute precision from the hardware: bf16 autocast where the chip does bf16 fast,
+"""The device and the compute precision, for training and inference alike. Precision follows the
+hardware: bf16 autocast where the chip does bf16 fast,
 fp32 elsewhere; fp16 (CUDA only) always comes with a GradScaler.
 
 ``SYNTHCT_PRECISION=fp32|bf16|auto`` in the environment replaces the automatic choice (what
