@@ -320,22 +320,45 @@ def test_cpu_training_layout_follows_the_precision(name, layout):
     assert weight.is_contiguous(memory_format=layout)  # fused Adam keeps the layout
 
 
-def test_clock_budget_drives_the_lr_schedule_and_snapshots(phantoms, tmp_path):
+@pytest.mark.parametrize("kind", ["wall", "cpu"])
+def test_clock_budget_drives_the_lr_schedule_and_snapshots(phantoms, tmp_path, monkeypatch, kind):
+    """The budget's clock is injected: every training step costs exactly 0.25 s of it, so the
+    run, its schedule and its snapshots are the same on any machine."""
+    from types import SimpleNamespace
+
+    from synthct.engine import callbacks
     from synthct.engine.trainer import lr_factor_at
 
     assert [lr_factor_at(p, 0.5) for p in (0.0, 0.49, 0.5, 0.75, 1.0)] == pytest.approx([1, 1, 1, 0.5, 0])
-    cfg = tiny_config(phantoms, steps=None, max_minutes=0.05, snapshot_minutes=0.01, clock="cpu")
+    seconds = [0.0]
+    monkeypatch.setattr(callbacks, "time", SimpleNamespace(monotonic=lambda: seconds[0],
+                                                           process_time=lambda: seconds[0]))
+    real_step = Trainer.step
+
+    def step(self, batch):
+        out = real_step(self, batch)
+        seconds[0] += 0.25
+        return out
+
+    monkeypatch.setattr(Trainer, "step", step)
+    # 3 s of budget, a snapshot every 0.6 s.
+    cfg = tiny_config(phantoms, steps=None, max_minutes=0.05, snapshot_minutes=0.01, clock=kind)
     result = train(cfg, tmp_path / "run", quiet=True)
-    assert result.stopped == "budget" and result.steps > 3
-    rows = log_rows(tmp_path / "run")
-    lrs = [float(r["lr"]) for r in rows]
-    assert lrs[0] == pytest.approx(cfg.train.lr)
-    assert lrs[-1] < 0.5 * cfg.train.lr  # decayed along with the budget, not left at its start value
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert (result.stopped, result.steps) == ("budget", 12)
+    lrs = [float(r["lr"]) for r in log_rows(tmp_path / "run")]
+    # The schedule follows the share of the budget spent (as read when the previous step began):
+    # constant for the first half, then linear decay towards 0 at the end of the budget.
+    expected = [cfg.train.lr * lr_factor_at(0.25 * max(i - 1, 0) / 3.0, cfg.train.decay_start) for i in range(12)]
+    assert lrs == pytest.approx(expected)
     snapshots = sorted((tmp_path / "run" / "snapshots").glob("generator_mr2ct_step*.safetensors"))
-    assert snapshots[0].name == "generator_mr2ct_step0000000.safetensors" and len(snapshots) >= 2
+    steps = [int(p.stem.split("step")[1]) for p in snapshots]
+    assert steps == [0, 3, 5, 8, 10, 12]
     module, meta = load_generator(snapshots[-1])
-    assert meta["direction"] == "mr2ct" and meta["step"] > 0
+    assert meta["direction"] == "mr2ct" and meta["step"] == 12
+    # A resume with a doubled budget continues where the first 3 s ended (the budget spans resumes).
+    cfg.train.max_minutes = 0.1
+    resumed = train(cfg, tmp_path / "run", resume=True, quiet=True)
+    assert (resumed.stopped, resumed.steps) == ("budget", 24)
 
 
 def test_unknown_clock_is_a_clear_error(phantoms, tmp_path):

@@ -36,7 +36,7 @@ def seeds(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def worker():
-    reader = fuzz.ReaderWorker(timeout_s=30)
+    reader = fuzz.ReaderWorker(timeout_s=300)
     yield reader
     reader.close()
 
@@ -115,7 +115,7 @@ def test_unmutated_seeds_read_as_finite_float32(seeds, worker, fmt):
 @pytest.fixture(scope="module")
 def production_limit_worker():
     """Reads with the default MAX_VOXELS (2**30): absurd headers must be refused by the check."""
-    reader = fuzz.ReaderWorker(timeout_s=30, max_voxels=None)
+    reader = fuzz.ReaderWorker(timeout_s=300, max_voxels=None)
     yield reader
     reader.close()
 

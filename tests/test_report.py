@@ -109,7 +109,7 @@ def test_report_renders_in_chromium(tmp_path):
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", out.as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout  # a hang guard
     assert 'data-status="ready"' in dom, dom[:2000]
     assert "ready: 12 images drawn" in dom
     for case in cases:

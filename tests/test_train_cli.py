@@ -102,12 +102,12 @@ def test_sigterm_mid_run_leaves_a_resumable_state(phantoms, tmp_path):
            "--steps", "100000", "--set", "train.log_every=1", "--set", "train.checkpoint_every=0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600  # a hang guard: the loop waits for three logged steps
         while not ((out / "log.csv").is_file() and len((out / "log.csv").read_text().splitlines()) > 3):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=600)
     finally:
         proc.kill()
     assert proc.returncode == 143, err
