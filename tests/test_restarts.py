@@ -101,12 +101,12 @@ def test_a_budget_too_short_to_judge_another_start_keeps_the_next_one(phantoms, 
 
 
 def test_a_start_the_health_check_fails_for_another_reason_is_set_aside(phantoms, tmp_path, monkeypatch, capsys):
-    _judged(monkeypatch, [0.1, 0.1], failures=("dark",))
+    _judged(monkeypatch, [0.1, 0.1], failures=("hidden_code",))
     run = tmp_path / "run"
     assert _train(phantoms, run, "--steps", "10", "--restarts", "1", "--restart-check-steps", "4") == 0
     starts = json.loads((run / "restarts.json").read_text(encoding="utf-8"))["starts"]
-    assert starts[0]["failures"] == ["dark"] and starts[0]["verdict"].startswith("set aside")
-    assert "over steps 3-4; dark phase; set aside" in capsys.readouterr().err
+    assert starts[0]["failures"] == ["hidden_code"] and starts[0]["verdict"].startswith("set aside (hidden_code)")
+    assert "over steps 3-4; cycle closes through a hidden code; set aside" in capsys.readouterr().err
 
 
 def test_the_judge_reads_the_health_check_of_the_logged_discriminator_losses(phantoms, tmp_path):
@@ -121,15 +121,18 @@ def test_the_judge_reads_the_health_check_of_the_logged_discriminator_losses(pha
     check = json.loads((judged / "health.json").read_text(encoding="utf-8"))["checks"][0]
     start = json.loads((run / "restarts.json").read_text(encoding="utf-8"))["starts"][0]
     assert check["step"] == 4 and start["discriminator_loss"] == pytest.approx(expected)
-    other = [name for name in check["failures"] if name != restarts.AT_CHANCE]
-    assert start["failures"] == other and (judged != run) == bool(other)
+    condemning = [name for name in check["failures"] if name in ("mr_order", "hidden_code")]
+    assert start["health"] == check["failures"] and start["failures"] == condemning
+    assert (judged != run) == bool(condemning)
 
 
-def test_the_threshold_rejudges_the_checks_discriminator_signal(tmp_path):
-    evidence = {"dark": {"failed": False}, restarts.AT_CHANCE: {"failed": True, "loss": 0.22, "window": "3-4"}}
-    (tmp_path / "health.json").write_text(json.dumps(
-        {"checks": [{"step": 4, "failures": [restarts.AT_CHANCE], "evidence": evidence}]}))
-    assert restarts.judge_start(tmp_path, 0.25) == {"failures": [], "discriminator_loss": 0.22, "window": "3-4"}
+def test_the_threshold_rejudges_the_checks_discriminator_signal_and_a_dark_start_is_not_condemned(tmp_path):
+    evidence = {"dark": {"failed": True}, restarts.AT_CHANCE: {"failed": True, "loss": 0.22, "window": "3-4"}}
+    failures = ["dark", restarts.AT_CHANCE]
+    (tmp_path / "health.json").write_text(json.dumps({"checks": [{"step": 4, "failures": failures,
+                                                                  "evidence": evidence}]}))
+    assert restarts.judge_start(tmp_path, 0.25) == {"health": failures, "failures": [], "discriminator_loss": 0.22,
+                                                    "window": "3-4"}
     assert restarts.judge_start(tmp_path, 0.20)["failures"] == [restarts.AT_CHANCE]
 
 

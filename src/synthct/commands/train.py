@@ -65,8 +65,8 @@ def add_arguments(parser) -> None:
         "restarts", "judge each start with the training health check (RUN_DIR/health.json) and start the "
                     "next seed when it fails")
     restarts.add_argument("--restarts", type=int, default=0, metavar="N",
-                          help="set aside up to N starts that the health check fails at the check step (the MR's "
-                               "contrast order, a dark phase, a hidden code, or a mean LSGAN discriminator loss "
+                          help="set aside up to N starts that the health check condemns at the check step (the MR's "
+                               "contrast order, a hidden code, or a mean LSGAN discriminator loss "
                                "over the second half of the check at or above the threshold; chance is 0.25), each in "
                                "RUN_DIR/restarts/seed_<n>/, and start seed + 1; their steps count toward --steps, "
                                "the last start is always kept, the verdicts go to RUN_DIR/restarts.json (default 0)")

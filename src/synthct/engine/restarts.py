@@ -1,14 +1,14 @@
 """Restarts judged by the training health check: ``synthct train --restarts N``.
 
 A CycleGAN start can spend its whole budget in one of the failures that synthct.eval.health
-recognises (discriminators at chance, a dark phase, a cycle closed through a hidden code, the
-MR's contrast order), and such a start rarely recovers. Each start trains ``check_steps`` steps
+recognises, and such a start rarely recovers. Each start trains ``check_steps`` steps
 (``train.stop_at_step``), where the health check judges it (RUN_DIR/health.json). Its
 discriminator signal is the mean logged LSGAN discriminator loss over the second half of those
-steps (``D_ct`` and ``D_mr`` of ``log.csv``), judged against ``threshold`` (chance is 0.25):
+steps (``D_ct`` and ``D_mr`` of ``log.csv``), judged against ``threshold`` (chance is 0.25).
+The failures that condemn a start this early are :data:`CONDEMNING`:
 
-* a healthy start is resumed to the end;
-* a start with any failure is set aside in ``RUN_DIR/restarts/seed_<n>/`` and the next seed starts.
+* a start without any of them is resumed to the end;
+* a start with one is set aside in ``RUN_DIR/restarts/seed_<n>/`` and the next seed starts.
 
 At most N starts are set aside; the last start is always kept. The steps of the starts set aside
 count toward ``train.steps``: the kept start trains what they left. The verdicts go to
@@ -34,17 +34,22 @@ DEFAULT_THRESHOLD = 0.20
 SET_ASIDE = "restarts"
 VERDICTS = "restarts.json"
 AT_CHANCE = "discriminators_at_chance"
+# A dark translation does not condemn a start at the check step: on the real scans every hour that
+# locked into CT's contrast rendered the brain far too dark first, and left that phase between
+# minutes 15 and 50 (docs/RESULTS.md). A hidden code is what kept run X dark to the end.
+CONDEMNING = ("mr_order", "hidden_code", AT_CHANCE)
 
 
 def judge_start(run_dir: Path, threshold: float) -> dict:
     """The health check's verdict at the end of a start (its last in health.json), with the
-    discriminator signal judged against ``threshold``: {"failures": [...], "discriminator_loss", "window"}."""
+    discriminator signal judged against ``threshold``: {"health": the check's failures, "failures":
+    those of them that condemn the start, "discriminator_loss", "window"}."""
     record = read_health(run_dir)
     if not record or not record["checks"]:
         raise SynthctError("no health check (health.json) in this run folder", run_dir)
     latest = record["checks"][-1]
-    failures = [name for name in latest["failures"] if name != AT_CHANCE]
-    judged = {"failures": failures}
+    failures = [name for name in latest["failures"] if name in CONDEMNING and name != AT_CHANCE]
+    judged = {"health": latest["failures"], "failures": failures}
     discriminators = latest["evidence"].get(AT_CHANCE)
     if discriminators is not None:
         if discriminators["loss"] >= threshold:
