@@ -6,12 +6,20 @@ model's [-1, 1] units, on each slice's centre channel and inside the body:
 
 * ``mr_order``: the translation keeps the MR's contrast order. The rank (Spearman) correlation
   between the MR and G(mr) is 1 for any increasing function of the MR, such as the MR
-  quantile-mapped onto the CT histogram, which is the "MR's order" reference. Real CT does not
-  allow that from a T2 MR: fluid is bright in T2 and near water in CT, bone dark in T2 and the
-  brightest in CT, so a translation in CT's order ranks the MR's tissues mostly in reverse. The
-  check fails at a median correlation of ``MR_ORDER_RHO`` or more.
+  quantile-mapped onto the CT histogram, the "MR's order" reference. Real CT does not allow that
+  from a T2 MR: fluid is bright in T2 and near water in CT, bone dark in T2 and the brightest in
+  CT. On the 73 slices of the four training patients of the AANLIB validation protocol (20, 280,
+  320, 370; head mask: MR above grey 12.75, holes filled) the real CT's correlation with its MR
+  was -0.26 (median; -0.50 to +0.28), while the MR's order outcome (T2-bright fluid left bright
+  inside a CT-bright skull), imitated by the MR's quantile map with the CT's own values on the
+  CT's brightest tenth, gave +0.40 (+0.19 to +0.73). The medians of 4 slices drawn from each never
+  crossed (5,000 draws): the check fails at a median correlation of ``MR_ORDER_RHO`` or more,
+  between the two. That is a calibration on an imitation, for T2 MR; the runs in the MR's order
+  themselves are still to be checked against it.
 * ``dark``: the dark phase. The translation's in-body median lies closer to air (-1) than to the
-  real CTs' in-body median (the sample's CT slices): the brain rendered near black.
+  real CTs' in-body median (the sample's CT slices): the brain rendered near black. The training
+  CTs' in-head median is grey 132 (96-255 over the 73 slices), which puts the line near 66; the
+  dark phases measured on the real scans reached head median errors of -88 to -103.
 * ``hidden_code``: the dark phase's cycle closes through a low-amplitude code (Chu et al. 2017).
   Gaussian noise n of sigma ``CODE_NOISE_SIGMA`` is added to G(mr) before F; the rise of the cycle
   error |F(G(mr) + n) - mr| over |F(G(mr)) - mr| is divided by E|n| = sigma * sqrt(2 / pi). By the
@@ -23,8 +31,8 @@ model's [-1, 1] units, on each slice's centre channel and inside the body:
   or above ``CHANCE_FRACTION`` of the loss of a discriminator that cannot tell real from fake
   (:data:`CHANCE`). Models with discriminators only.
 
-The thresholds come from the few runs docs/RESULTS.md measured, not from a validation: the
-validation compares each run's final verdict (``python -m synthct.eval.health RUN_DIR ...``)
+The thresholds come from measurements on training slices and from the few runs docs/RESULTS.md
+describes, not from a validation: the validation compares each run's final verdict (``python -m synthct.eval.health RUN_DIR ...``)
 with its validation-fold outcome.
 """
 
@@ -53,7 +61,7 @@ CHANCE = {"lsgan": 0.25, "vanilla": math.log(2.0), "hinge": 1.0}
 # 0.8 of chance is the 0.20 of LSGAN that `synthct train --restarts` judged on: of the real-scan
 # hours below it at steps 51-100, 5 of 6 locked in, none of the 7 at 0.22-0.27 did.
 CHANCE_FRACTION = 0.8
-MR_ORDER_RHO = 0.8
+MR_ORDER_RHO = 0.1
 CODE_NOISE_SIGMA = 0.1
 # The hidden code measured on the real scans raised the cycle error by 23.5 grey levels with sigma
 # 0.1 (gain 2.3); runs without one moved it by at most 0.6 (gain 0.06).
