@@ -182,22 +182,31 @@ def test_a_run_checks_its_health_at_each_checkpoint_and_at_the_end(phantoms, tmp
 
 
 def test_the_report_shows_the_last_verdict_and_the_earlier_ones(tmp_path):
-    from synthct.eval.report import _health_html
+    from synthct.eval.report import ReportCase, write_report
 
     sample = _sample()
     verdicts = [check_health({"mr2ct": Pixelwise(lambda x: -1 + 0.01 * (x + 1))}, sample, step=50),
                 check_health({"mr2ct": Pixelwise(_quantile_map(sample, -1))}, sample, step=100)]
-    (tmp_path / "health.json").write_text(json.dumps({"checks": [v.to_dict() for v in verdicts]}))
-    section = _health_html(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "health.json").write_text(json.dumps({"checks": [v.to_dict() for v in verdicts]}))
+    ct = np.zeros((2, 8, 8), np.float32)
+    case, summary = ReportCase("case", ct, ct), {"mode": "hu", "metrics": {}}
+
+    def report(name: str) -> str:
+        return write_report(tmp_path / name / "index.html", [case], summary, [], run_dir=run).read_text()
+
+    section = report("healthy").split('<div id="health">')[1].split("</div>")[0]
     assert '<p class="note">health at step 100: healthy' in section
     assert "earlier checks" in section and "health at step 50: FAILED: " in section and "dark phase" in section
-    (tmp_path / "health.json").write_text('{"checks": [{"step": 1}]}')
+    (run / "health.json").write_text('{"checks": [{"step": 1}]}')
     with pytest.raises(SynthctError, match="not a health record written by synthct train"):
-        _health_html(tmp_path)
-    (tmp_path / "health.json").write_text("{")
+        report("damaged")
+    (run / "health.json").write_text("{")
     with pytest.raises(SynthctError, match="not a readable health record"):
-        _health_html(tmp_path)
-    assert "No training health check" in _health_html(tmp_path / "elsewhere")
+        report("unreadable")
+    (run / "health.json").unlink()
+    assert "No training health check" in report("unchecked")
 
 
 def test_the_runs_table_lists_each_runs_last_verdict(tmp_path, capsys):
