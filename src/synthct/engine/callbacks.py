@@ -1,6 +1,6 @@
 """Everything around the training loop's steps, as callbacks (in the manner of Lightning): the
-log, sample grids, checkpoints, snapshots, the health check and the rules that stop a run (time budget, Ctrl-C /
-SIGTERM, train.stop_at_step). The loop (engine.trainer) calls ``on_start``, then ``on_step``
+log, sample grids, checkpoints, the health check, snapshots and the rules that stop a run (time
+budget, Ctrl-C / SIGTERM, train.stop_at_step). The loop (engine.trainer) calls ``on_start``, then ``on_step``
 after every optimisation step, then ``on_end`` once it finishes or a callback stops it; each
 callback sees the run in progress (engine.trainer.Run) and the step just taken (:class:`StepInfo`).
 """
@@ -248,7 +248,8 @@ class HealthCheck(Callback):
 
     def check(self, run: Run) -> None:
         step = run.trainer.step_index
-        verdict = check_health(run.trainer.export_generators(), self.sample, step, air_outside=run.cfg.model.body_masked,
+        verdict = check_health(run.trainer.export_generators(), self.sample, step,
+                               air_outside=run.cfg.model.body_masked,
                                discriminators=self._discriminators(step, run.cfg.model.gan_mode))
         run.log.say(verdict.line())
         self.checks.append(verdict.to_dict())

@@ -32,8 +32,8 @@ model's [-1, 1] units, on each slice's centre channel and inside the body:
   (:data:`CHANCE`). Models with discriminators only.
 
 The thresholds come from measurements on training slices and from the few runs docs/RESULTS.md
-describes, not from a validation: the validation compares each run's final verdict (``python -m synthct.eval.health RUN_DIR ...``)
-with its validation-fold outcome.
+describes, not from a validation. The validation sets each run's last verdict (``python -m
+synthct.eval.health RUN_DIR ...`` lists them) against its validation-fold outcome.
 """
 
 from __future__ import annotations
