@@ -15,7 +15,8 @@ model's [-1, 1] units, on each slice's centre channel and inside the body:
   CT's brightest tenth, gave +0.40 (+0.19 to +0.73). The medians of 4 slices drawn from each never
   crossed (5,000 draws): the check fails at a median correlation of ``MR_ORDER_RHO`` or more,
   between the two. That is a calibration on an imitation, for T2 MR; the runs in the MR's order
-  themselves are still to be checked against it.
+  themselves are still to be checked against it. A dark translation does not count: the dark
+  phase carries the MR in its darkest levels, in the MR's order, and is judged as dark.
 * ``dark``: the dark phase. The translation's in-body median lies closer to air (-1) than to the
   real CTs' in-body median (the sample's CT slices): the brain rendered near black. The training
   CTs' in-head median is grey 132 (96-255 over the 73 slices), which puts the line near 66; the
@@ -201,9 +202,10 @@ def _image_evidence(generators: dict[str, nn.Module], sample: HealthSample, air_
     rho = rank_correlation(mr, translation, mr_body)
     median, ct_median = body_median(translation, mr_body), body_median(ct, ct_body)
     dark_below = (-1.0 + ct_median) / 2
+    dark = median < dark_below
     evidence = {
-        "mr_order": {"failed": rho >= MR_ORDER_RHO, "rho": rho, "threshold": MR_ORDER_RHO},
-        "dark": {"failed": median < dark_below, "median": median, "ct_median": ct_median, "threshold": dark_below},
+        "mr_order": {"failed": rho >= MR_ORDER_RHO and not dark, "rho": rho, "threshold": MR_ORDER_RHO},
+        "dark": {"failed": dark, "median": median, "ct_median": ct_median, "threshold": dark_below},
     }
     if "ct2mr" in generators:
         clean, noisy = cycle_errors(translation, generators["ct2mr"], mr, mr_body, air_outside)
