@@ -112,8 +112,8 @@ def _evidence_text(evidence: dict[str, dict]) -> list[str]:
         "mr_order": lambda e: f"MR rank correlation {e['rho']:+.2f} (MR's order at >= {e['threshold']:g})",
         "dark": lambda e: f"in-body median {e['median']:+.2f}, CT {e['ct_median']:+.2f} (dark below "
                           f"{e['threshold']:+.2f})",
-        "hidden_code": lambda e: f"cycle error {e['cycle_error']:.3f} -> {e['noisy_cycle_error']:.3f} with noise "
-                                 f"{e['sigma']:g}, gain {e['gain']:.2f} (code at >= {e['threshold']:g})",
+        "hidden_code": lambda e: f"|F(G(mr)) - mr| {e['cycle_error']:.3f} -> {e['noisy_cycle_error']:.3f} with "
+                                 f"noise {e['sigma']:g}, gain {e['gain']:.2f} (code at >= {e['threshold']:g})",
         "discriminators_at_chance": lambda e: f"discriminator loss {e['loss']:.3f} over steps {e['window']} "
                                               f"(chance {e['chance']:.3f}, at chance >= {e['threshold']:.3f})",
     }
