@@ -63,7 +63,7 @@ def add_arguments(parser) -> None:
 
     restarts = parser.add_argument_group(
         "restarts", "judge each start with the training health check (RUN_DIR/health.json) and start the "
-                    "next seed when it fails")
+                    "next seed when it condemns the start")
     restarts.add_argument("--restarts", type=int, default=0, metavar="N",
                           help="set aside up to N starts that the health check condemns at the check step (the MR's "
                                "contrast order, a hidden code, or a mean LSGAN discriminator loss "
