@@ -1,5 +1,5 @@
-"""`synthct train --restarts N`: starts judged on their discriminators, set aside within one step
-budget. Tiny phantom runs in fp32 on one thread; the judgement is injected where the outcome
+"""`synthct train --restarts N`: starts judged by the training health check, set aside within one
+step budget. Tiny phantom runs in fp32 on one thread; the judgement is injected where the outcome
 matters, so no test hopes for a training outcome."""
 
 import csv
@@ -29,15 +29,20 @@ def _train(phantoms, run, *extra) -> int:
     return main(["train", "--data", str(phantoms), "--out", str(run), *TINY, *extra])
 
 
-def _judged(monkeypatch, losses: list[float]) -> list[tuple]:
-    """Replace the judge by ``losses``, one per judged start; returns the windows it was asked for."""
+def _judged(monkeypatch, losses: list[float], failures: tuple[str, ...] = ()) -> list[str]:
+    """Inject the health check's verdicts: each judged start's discriminator loss from ``losses``,
+    and ``failures`` besides; returns the discriminator windows the real check judged."""
     asked = []
+    judge_start = restarts.judge_start
 
-    def judge(run_dir, first, last):
-        asked.append((first, last))
-        return losses[len(asked) - 1]
+    def judge(run_dir, threshold):
+        judged = judge_start(run_dir, threshold)
+        asked.append(judged["window"])
+        loss = losses[len(asked) - 1]
+        return judged | {"discriminator_loss": loss,
+                         "failures": [*failures, *([restarts.AT_CHANCE] if loss >= threshold else [])]}
 
-    monkeypatch.setattr(restarts, "discriminator_loss", judge)
+    monkeypatch.setattr(restarts, "judge_start", judge)
     return asked
 
 
@@ -55,7 +60,7 @@ def test_starts_at_chance_are_set_aside_and_their_steps_count_toward_the_budget(
     asked = _judged(monkeypatch, [0.25, 0.24])
     run = tmp_path / "run"
     assert _train(phantoms, run, "--steps", "10", "--restarts", "2", "--restart-check-steps", "4") == 0
-    assert asked == [(3, 4), (3, 4)]  # the second half of the check
+    assert asked == ["3-4", "3-4"]  # the second half of the check
     for seed in (5, 6):
         aside = run / "restarts" / f"seed_{seed}"
         assert _steps(aside) == [1, 2, 3, 4] and _train_config(aside)["seed"] == seed
@@ -67,7 +72,8 @@ def test_starts_at_chance_are_set_aside_and_their_steps_count_toward_the_budget(
         (5, "set aside"), (6, "set aside"), (7, "kept")]
     assert [s.get("discriminator_loss") for s in verdicts["starts"]] == [0.25, 0.24, None]
     err = capsys.readouterr().err
-    assert "seed 5: discriminator loss 0.250 over steps 3-4; set aside" in err and "6 steps left" in err
+    assert "seed 5: discriminator loss 0.250 over steps 3-4; discriminators at chance; set aside" in err
+    assert "6 steps left" in err
 
 
 def test_a_learning_start_is_resumed_exactly_to_the_rest_of_the_budget(phantoms, tmp_path, monkeypatch):
@@ -94,20 +100,40 @@ def test_a_budget_too_short_to_judge_another_start_keeps_the_next_one(phantoms, 
     assert len(asked) == 1 and _train_config(run)["seed"] == 6 and _steps(run) == [1, 2]
 
 
-def test_the_judge_reads_the_logged_discriminator_losses(phantoms, tmp_path):
+def test_a_start_the_health_check_fails_for_another_reason_is_set_aside(phantoms, tmp_path, monkeypatch, capsys):
+    _judged(monkeypatch, [0.1, 0.1], failures=("hidden_code",))
     run = tmp_path / "run"
-    # A threshold no LSGAN loss reaches keeps the first start whatever it learnt.
+    assert _train(phantoms, run, "--steps", "10", "--restarts", "1", "--restart-check-steps", "4") == 0
+    starts = json.loads((run / "restarts.json").read_text(encoding="utf-8"))["starts"]
+    assert starts[0]["failures"] == ["hidden_code"] and starts[0]["verdict"].startswith("set aside (hidden_code)")
+    assert "over steps 3-4; cycle closes through a hidden code; set aside" in capsys.readouterr().err
+
+
+def test_the_judge_reads_the_health_check_of_the_logged_discriminator_losses(phantoms, tmp_path):
+    run = tmp_path / "run"
+    # A threshold no LSGAN loss reaches: only the check's other signals can set the start aside.
     assert _train(phantoms, run, "--steps", "6", "--restarts", "1", "--restart-check-steps", "4",
                   "--restart-threshold", "1e9") == 0
-    with open(run / "log.csv", newline="") as fh:
+    judged = run / "restarts" / "seed_5" if (run / "restarts").exists() else run
+    with open(judged / "log.csv", newline="") as fh:
         rows = [row for row in csv.DictReader(fh) if int(row["step"]) in (3, 4)]
     expected = sum((float(r["D_ct"]) + float(r["D_mr"])) / 2 for r in rows) / 2
-    starts = json.loads((run / "restarts.json").read_text(encoding="utf-8"))["starts"]
-    assert starts[0]["discriminator_loss"] == pytest.approx(expected) and not (run / "restarts").exists()
-    # A model that logs one discriminator (pix2pix) is judged on it alone; rows without losses are skipped.
-    (tmp_path / "one").mkdir()
-    (tmp_path / "one" / "log.csv").write_text("step,D_ct\n1,0.9\n2,\n3,0.2\n4,0.3\n")
-    assert restarts.discriminator_loss(tmp_path / "one", 2, 4) == pytest.approx(0.25)
+    check = json.loads((judged / "health.json").read_text(encoding="utf-8"))["checks"][0]
+    start = json.loads((run / "restarts.json").read_text(encoding="utf-8"))["starts"][0]
+    assert check["step"] == 4 and start["discriminator_loss"] == pytest.approx(expected)
+    condemning = [name for name in check["failures"] if name in ("mr_order", "hidden_code")]
+    assert start["health"] == check["failures"] and start["failures"] == condemning
+    assert (judged != run) == bool(condemning)
+
+
+def test_the_threshold_rejudges_the_checks_discriminator_signal_and_a_dark_start_is_not_condemned(tmp_path):
+    evidence = {"dark": {"failed": True}, restarts.AT_CHANCE: {"failed": True, "loss": 0.22, "window": "3-4"}}
+    failures = ["dark", restarts.AT_CHANCE]
+    (tmp_path / "health.json").write_text(json.dumps({"checks": [{"step": 4, "failures": failures,
+                                                                  "evidence": evidence}]}))
+    assert restarts.judge_start(tmp_path, 0.25) == {"health": failures, "failures": [], "discriminator_loss": 0.22,
+                                                    "window": "3-4"}
+    assert restarts.judge_start(tmp_path, 0.20)["failures"] == [restarts.AT_CHANCE]
 
 
 def test_a_second_run_into_a_folder_with_set_aside_starts_needs_overwrite(phantoms, tmp_path, monkeypatch, capsys):

@@ -16,7 +16,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mask", help="masks for evaluating now (as in 'synthct evaluate')")
     parser.add_argument("--mode", choices=("hu", "8bit", "auto"), default="auto",
                         help="metrics and display mode when evaluating now (default: auto)")
-    parser.add_argument("--run", help="training run folder: plots run/log.csv and shows the latest run/samples/*.png")
+    parser.add_argument("--run", help="training run folder: plots run/log.csv, shows the health check of "
+                        "run/health.json and the latest run/samples/*.png")
     parser.add_argument("--note", help="a note shown at the top of the report")
     parser.add_argument("--max-slices", type=int, default=24, help="slices embedded per case (default: 24)")
     parser.add_argument("--max-size", type=int, default=128, help="longest side of embedded slices in pixels (default: 128)")

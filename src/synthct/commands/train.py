@@ -62,16 +62,19 @@ def add_arguments(parser) -> None:
     from synthct.engine.restarts import DEFAULT_CHECK_STEPS, DEFAULT_THRESHOLD
 
     restarts = parser.add_argument_group(
-        "restarts", "judge each start on its discriminators and start the next seed when they sit at chance")
+        "restarts", "judge each start with the training health check (RUN_DIR/health.json) and start the "
+                    "next seed when it condemns the start")
     restarts.add_argument("--restarts", type=int, default=0, metavar="N",
-                          help="set aside up to N starts whose mean LSGAN discriminator loss over the second half "
-                               "of the check is at or above the threshold (chance is 0.25), each in "
+                          help="set aside up to N starts that the health check condemns at the check step (the MR's "
+                               "contrast order, a hidden code, or a mean LSGAN discriminator loss "
+                               "over the second half of the check at or above the threshold; chance is 0.25), each in "
                                "RUN_DIR/restarts/seed_<n>/, and start seed + 1; their steps count toward --steps, "
                                "the last start is always kept, the verdicts go to RUN_DIR/restarts.json (default 0)")
     restarts.add_argument("--restart-check-steps", type=int, default=DEFAULT_CHECK_STEPS, metavar="STEPS",
                           help=f"steps a start trains before it is judged (default {DEFAULT_CHECK_STEPS})")
     restarts.add_argument("--restart-threshold", type=float, default=DEFAULT_THRESHOLD, metavar="LOSS",
-                          help=f"discriminator loss below which a start is kept (default {DEFAULT_THRESHOLD:g})")
+                          help=f"discriminator loss below which a start's discriminators are learning "
+                               f"(default {DEFAULT_THRESHOLD:g})")
 
 
 def build_config(args):

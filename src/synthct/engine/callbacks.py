@@ -1,23 +1,28 @@
 """Everything around the training loop's steps, as callbacks (in the manner of Lightning): the
-log, sample grids, checkpoints, snapshots and the rules that stop a run (time budget, Ctrl-C /
-SIGTERM, train.stop_at_step). The loop (engine.trainer) calls ``on_start``, then ``on_step``
+log, sample grids, checkpoints, the health check, snapshots and the rules that stop a run (time
+budget, Ctrl-C / SIGTERM, train.stop_at_step). The loop (engine.trainer) calls ``on_start``, then ``on_step``
 after every optimisation step, then ``on_end`` once it finishes or a callback stops it; each
 callback sees the run in progress (engine.trainer.Run) and the step just taken (:class:`StepInfo`).
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from synthct.engine import distributed as ddp
-from synthct.engine.logging import save_sample_grid
+from synthct.engine.logging import read_log, save_sample_grid
 from synthct.errors import SynthctError
+from synthct.eval.health import (HEALTH_FILE, SAMPLE_SEED, SAMPLE_SLICES, HealthSample, body_from_image,
+                                 check_health, discriminator_evidence, read_health)
+from synthct.io.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from synthct.engine.trainer import Run, StepOutput
@@ -192,3 +197,73 @@ class Stops(Callback):
             run.stopped, run.signal = ("signal", stop) if stop > 1 else ("budget", None)
         elif self.stop_at_step is not None and info.step >= self.stop_at_step:
             run.stopped = "step"
+
+
+class HealthCheck(Callback):
+    """The training health check (synthct.eval.health) at every checkpoint step and at the end:
+    its verdict goes to the log and, with those before it, to RUN_DIR/health.json. It judges the
+    generators training exports, on a fixed sample of training slices drawn at the start, and the
+    discriminator losses of the later half of the steps taken, at most the last ``window``."""
+
+    def __init__(self, every: int, window: int = 50):
+        self.every = every
+        self.window = window
+        self.sample: HealthSample | None = None
+        self.losses: deque[tuple[int, float]] = deque(maxlen=window)  # (step, mean discriminator loss)
+        self.checks: list[dict] = []
+
+    def on_start(self, run: Run) -> None:
+        if not run.env.is_main:
+            return
+        self.sample = _health_sample(run.dataset)
+        if run.resumed:
+            record = read_health(run.run_dir)
+            self.checks = [c for c in record["checks"] if c["step"] <= run.trainer.step_index] if record else []
+            for row in read_log(run.run_dir / "log.csv"):
+                self._remember(int(row["step"]), {k: float(v) for k, v in row.items() if v and k.startswith("D_")})
+
+    def on_step(self, run: Run, info: StepInfo) -> None:
+        if not run.env.is_main:
+            return
+        self._remember(info.step, info.out.losses)
+        if self.every and info.step % self.every == 0 and info.step < run.total_steps:
+            self.check(run)
+
+    def on_end(self, run: Run) -> None:
+        if run.env.is_main and (not self.checks or self.checks[-1]["step"] != run.trainer.step_index):
+            self.check(run)
+
+    def _remember(self, step: int, losses: dict[str, float]) -> None:
+        # Discriminator terms are named D_<domain> by every model that has some.
+        logged = [value for name, value in losses.items() if name.startswith("D_")]
+        if logged:
+            self.losses.append((step, sum(logged) / len(logged)))
+
+    def _discriminators(self, step: int, gan_mode: str) -> dict | None:
+        recent = [(s, loss) for s, loss in self.losses if s > step - max(1, min(self.window, step // 2))]
+        if not recent:
+            return None
+        mean = sum(loss for _, loss in recent) / len(recent)
+        return discriminator_evidence(mean, gan_mode, f"{recent[0][0]}-{recent[-1][0]}")
+
+    def check(self, run: Run) -> None:
+        step = run.trainer.step_index
+        verdict = check_health(run.trainer.export_generators(), self.sample, step,
+                               air_outside=run.cfg.model.body_masked,
+                               discriminators=self._discriminators(step, run.cfg.model.gan_mode))
+        run.log.say(verdict.line())
+        self.checks.append(verdict.to_dict())
+        atomic_write_text(run.run_dir / HEALTH_FILE, json.dumps({"checks": self.checks}, indent=2) + "\n")
+
+
+def _health_sample(dataset) -> HealthSample:
+    """The health check's slices: the same items of the first epoch on every check and resume."""
+    from synthct.engine.setup import collate
+
+    count = min(SAMPLE_SLICES, len(dataset))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(SAMPLE_SEED))
+    dataset.set_epoch(0)
+    batch = collate(dataset, sorted(order[:count].tolist()))
+    bodies = {name: batch.get(f"{name}_body") for name in ("mr", "ct")}
+    return HealthSample(batch["mr"], batch["ct"],
+                        *(body if body is not None else body_from_image(batch[name]) for name, body in bodies.items()))

@@ -11,7 +11,7 @@ from synthct.errors import SynthctError
 from synthct.io.atomic import atomic_write_text
 
 RUN_ARTIFACTS = ("config.yaml", "log.csv", "loss_curves.png", "checkpoints", "samples", "tensorboard",
-                 "snapshots", "raw",
+                 "snapshots", "raw", "health.json",
                  "generator_mr2ct.safetensors", "generator_mr2ct.json",
                  "generator_ct2mr.safetensors", "generator_ct2mr.json")
 

@@ -25,8 +25,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from synthct.config import RunConfig
 from synthct.engine import distributed as ddp
-from synthct.engine.callbacks import (Callback, Checkpoints, Clock, Samples, Snapshots, StepInfo, StepLog, Stops,
-                                      StopSignals)
+from synthct.engine.callbacks import (Callback, Checkpoints, Clock, HealthCheck, Samples, Snapshots, StepInfo,
+                                      StepLog, Stops, StopSignals)
 from synthct.engine.checkpoint import load_state, save_state
 from synthct.engine.logging import RunLogger, plot_loss_curves, read_log
 from synthct.runtime import Precision, resolve_device, resolve_precision
@@ -464,8 +464,8 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
               Clock(cfg.train.clock, elapsed_before, budget_s, spans_resumes=by_time))
     with StopSignals() as signals, log.progress(None if by_time else total_steps, trainer.step_index):
         _fit(run, [StepLog(cfg.train.log_every), Samples(cfg.train.sample_every),
-                   Checkpoints(cfg.train.checkpoint_every), Snapshots(cfg.train.snapshot_minutes),
-                   Stops(signals, cfg.train.stop_at_step)])
+                   Checkpoints(cfg.train.checkpoint_every), HealthCheck(cfg.train.checkpoint_every),
+                   Snapshots(cfg.train.snapshot_minutes), Stops(signals, cfg.train.stop_at_step)])
     _report_end(run)
     return TrainResult(run_dir=run_dir, steps=trainer.step_index, total_steps=total_steps, epoch=run.epoch,
                        stopped=run.stopped or "done", signal=run.signal, losses=run.losses,

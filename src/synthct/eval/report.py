@@ -291,7 +291,28 @@ def _training_section(run_dir: Path, loss_path: Path) -> str:
         parts.append(f"<p>No loss log found at {html.escape(str(log_csv))}.</p>")
     for sample in latest_samples(run_dir):
         parts.append(f"<h3>Samples: {html.escape(sample.name)}</h3>" + _img(sample.read_bytes(), sample.name))
-    return f'<section id="training"><h2>Training run</h2><p>{html.escape(str(run_dir))}</p>{"".join(parts)}</section>'
+    return (f'<section id="training"><h2>Training run</h2><p>{html.escape(str(run_dir))}</p>{_health_html(run_dir)}'
+            f'{"".join(parts)}</section>')
+
+
+def _health_html(run_dir: Path) -> str:
+    """The training health check's last verdict with its evidence, and the verdicts before it."""
+    from synthct.eval.health import Verdict, read_health
+
+    record = read_health(run_dir)
+    if not record or not record["checks"]:
+        return "<p>No training health check (health.json) in this run.</p>"
+    try:
+        verdicts = [Verdict(c["step"], c["failures"], c["evidence"]) for c in record["checks"]]
+        lines = [v.line() for v in verdicts]
+    except (KeyError, TypeError, ValueError):
+        raise SynthctError("not a health record written by synthct train", run_dir / "health.json") from None
+    latest = verdicts[-1]
+    css = "note" if latest.healthy else "warning"
+    history = "".join(f"<li>{html.escape(line)}</li>" for line in lines[:-1])
+    return (f'<div id="health"><h3>Health check</h3><p class="{css}">{html.escape(lines[-1])}</p>'
+            + (f"<details><summary>earlier checks</summary><ul>{history}</ul></details>" if history else "")
+            + "</div>")
 
 
 def _viewer_data_json(mode: str, presets, payload: list[dict]) -> str:
