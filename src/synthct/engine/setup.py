@@ -10,7 +10,7 @@ from torch import nn
 
 from synthct.config import RunConfig
 from synthct.errors import SynthctError
-from synthct.models import build_model, check_model_config, model_class
+from synthct.models import MODELS, build_model, check_model_config, model_class
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -29,8 +29,9 @@ def check_pairs_option(cfg: RunConfig) -> None:
     """data.pairs only for a model that reads paired slices beside unpaired ones, and
     model.register only with data.pairs."""
     if cfg.data.pairs and not model_class(cfg.model.name).uses_pairs:
-        raise SynthctError(f"{cfg.model.name} does not train on extra pairs (--pairs is for cyclegan; "
-                           "pix2pix, reggan and regression take the pairs as their data)")
+        users = [name for name, cls in MODELS.items() if cls.uses_pairs]
+        raise SynthctError(f"{cfg.model.name} does not train on extra pairs (--pairs is for {', '.join(users)}; "
+                           "a paired model takes the pairs as its data)")
     if cfg.model.register and not cfg.data.pairs:
         raise SynthctError("model.register registers the paired slices of --pairs (data.pairs): give them")
 
