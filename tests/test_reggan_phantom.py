@@ -4,15 +4,17 @@ Each training CT is moved by its own random smooth deformation plus shift (fixed
 stays where it was. Trained for the same 1,000 steps in fp32 on one thread, from the same seed:
 
 (a) RegGAN's translation of a held-out phantom is closer to its (unmoved) CT than pix2pix's:
-    MAE below 0.9 x pix2pix's. pix2pix learns the average of the misaligned targets, a blur;
+    MAE below 0.97 x pix2pix's. pix2pix learns the average of the misaligned targets, a blur;
     RegGAN's L1 sees the CT registered onto its translation.
 (b) RegGAN's registration field undoes the injected deformation: inside the head, its end-point
     error against the inverse deformation is below that of a zero field (below 0.99 x).
 
-Measured with 1, 2 and 3 torch threads (which change the order of floating-point sums): MAE
-ratio 0.814 / 0.810 / 0.771, end-point error ratio 0.947 / 0.961 / 0.956 (1.60-1.63 px
-against 1.69 px for the zero field). With 1.5 instead of 2.5 px of blur, or 1,500 steps, the ratios
-came out near 1 on some thread counts: the margins hold for this setting only.
+Measured with 1, 2 and 3 torch threads (which change the order of floating-point sums, as
+another CPU's kernels do): MAE ratio 0.814 / 0.810 / 0.771, end-point error ratio 0.947 / 0.961 /
+0.956 (1.60-1.63 px against 1.69 px for the zero field); with seeds 1 and 2 instead of 0 (other
+initialisations and slice orders): MAE ratio 0.929 / 0.933, end-point error ratio 0.938 / 0.965.
+The margins (0.97, 0.99) sit above all of these. With 1.5 instead of 2.5 px of blur, or 1,500
+steps, the ratios came out near 1 on some thread counts: the margins hold for this setting only.
 
 The images are blurred (sigma 2.5 px) so that their gradients reach as far as the injected
 displacement (up to ~3 px): the registration's L1 gradient only sees misalignment where an edge
@@ -34,7 +36,7 @@ from synthct.models.registration import warp
 from synthct.runtime import Precision
 
 SIZE, STEPS, BLUR, DECAY_START = 32, 1000, 2.5, 0.5
-MAE_RATIO, EPE_RATIO = 0.9, 0.99
+MAE_RATIO, EPE_RATIO = 0.97, 0.99
 
 
 def phantom_slices(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
