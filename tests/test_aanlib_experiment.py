@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import yaml
 
 from synthct.errors import SynthctError
 from synthct.eval.metrics import eight_bit_metrics, head_mask_8bit
@@ -299,3 +300,25 @@ def test_train_with_restarts_goes_through_the_package(work, tmp_path):
     assert json.loads((run / "generator_mr2ct.json").read_text(encoding="utf-8"))["step"] == 4
     assert main(["train", "--work", str(work), "--run", str(tmp_path / "r2"), "--minutes", "1", "--restarts", "1",
                  *TINY]) == 2
+
+
+def test_semi_supervised_cyclegan_pairs_one_patient_and_leaves_the_others_unpaired(work, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--work", str(work), "--run", str(run), "--steps", "2", "--paired-patients", "20",
+                 "--seed", "1", *TINY]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["data"]["pair_cases"] == [f"{i}.png" for i in _ids("20")] and saved["train"]["seed"] == 1
+    unpaired = {p.read_bytes() for p in Path(saved["data"]["mr"]).glob("*.png")}
+    others = _ids(*(case for case, split in CASES.items() if split == "train" and case != "20"))
+    assert unpaired == set(_read(work, "train_pairs/mr", others)) and len(unpaired) == len(others)
+    assert main(["train", "--work", str(work), "--paired-patients", "160", "--steps", "1", *TINY]) == 2
+
+
+@pytest.mark.parametrize("model", ["reggan", "regression"])
+def test_paired_models_train_on_the_true_pairs(work, tmp_path, model):
+    from experiments.aanlib.train import training_config
+    from synthct.engine.setup import check_config
+
+    cfg = training_config(work, model, [])
+    check_config(cfg)  # the pix2pix recipe's options all apply to the model
+    assert (cfg.model.name, cfg.data.paired, Path(cfg.data.mr).parent.name) == (model, True, "train_pairs")

@@ -373,9 +373,11 @@ def test_every_model_implements_the_interface_and_declares_its_options():
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     for name, cls in MODELS.items():
         assert issubclass(cls, TranslationModel) and set(cls.options) <= fields - {"name"}, name
-        model = build_model(tiny(name=name), 1, 1)
-        assert set(model.generators()) <= {"mr2ct", "ct2mr"} and list(model.discriminator_parameters())
-    assert [name for name, cls in MODELS.items() if cls.needs_pairs] == ["pix2pix"]
+        model = build_model(tiny(name=name, **({"ndf": 64} if "ndf" not in cls.options else {})), 1, 1)
+        assert set(model.generators()) <= {"mr2ct", "ct2mr"}, name
+        assert bool(list(model.discriminator_parameters())) == (name != "regression"), name
+    assert [name for name, cls in MODELS.items() if cls.needs_pairs] == ["pix2pix", "reggan", "regression"]
+    assert [name for name, cls in MODELS.items() if cls.uses_pairs] == ["cyclegan"]
     with pytest.raises(TypeError, match="abstract"):
         TranslationModel()
 

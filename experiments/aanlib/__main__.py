@@ -44,8 +44,16 @@ def cmd_train(args) -> int:
     from experiments.aanlib.train import train_run
 
     restarts = (args.restarts, args.restart_check_steps, args.restart_threshold) if args.restarts else None
-    return train_run(args.work, args.model, args.run or args.work / "runs" / args.model, args.overrides,
-                     args.minutes, args.steps, restarts, args.overwrite)
+    patients = args.paired_patients.split(",") if args.paired_patients else None
+    overrides = args.overrides + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+    return train_run(args.work, args.model, args.run or args.work / "runs" / run_name(args), overrides,
+                     args.minutes, args.steps, restarts, args.overwrite, patients)
+
+
+def run_name(args) -> str:
+    """<model>[_pairs-<patients>][_seed<N>]: the default run folder's name."""
+    pairs = f"_pairs-{args.paired_patients.replace(',', '-')}" if args.paired_patients else ""
+    return f"{args.model}{pairs}{'' if args.seed is None else f'_seed{args.seed}'}"
 
 
 def cmd_evaluate(args) -> None:
@@ -103,7 +111,11 @@ def cmd_table(args) -> None:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=("cyclegan", "pix2pix"), default="cyclegan")
+    p.add_argument("--model", choices=("cyclegan", "pix2pix", "reggan", "regression"), default="cyclegan")
+    p.add_argument("--paired-patients", metavar="CASE[,CASE]",
+                   help="semi-supervised cyclegan: these training patients' slices as pairs (synthct train "
+                        "--pairs), the other training patients unpaired")
+    p.add_argument("--seed", type=int, help="train.seed; the default run folder then ends in _seed<N>")
     p.add_argument("--run", type=Path, help="run folder (default WORK/runs/<model>)")
     p.add_argument("--minutes", type=float, help="wall-clock budget; without --steps the lr schedule follows it")
     p.add_argument("--steps", type=int, help="optimisation steps (needed with --restarts)")

@@ -78,6 +78,7 @@ def prepare(data_root: Path, work: Path, fold: str = "test", seed: int = 0, over
     manifest = {
         "data_root": str(data_root), "fold": fold, "seed": seed,
         "train_cases": sorted({r.case for r in train}, key=int), "train_slices": len(train),
+        "train": [{"id": r.id, "case": r.case, "slice": r.slice} for r in train],
         "scored_cases": sorted({r.case for r in scored}, key=int),
         "scored": [{"id": r.id, "case": r.case, "slice": r.slice} for r in scored],
     }

@@ -37,11 +37,15 @@ class DataConfig:
     resize: str = option("fit", "fit (resize longest side, pad) | crop (random crop at native size) | none")
     min_body_fraction: float = option(0.02, "slices with less body than this fraction are skipped")
     cache: str = option("memory", "memory | mmap (decoded slices memory-mapped from the run folder)")
+    pairs: str | None = option(None, "semi-supervised: folder of paired cases (SynthRAD layout, or mr/ + ct/ "
+                                     "pairing by file name) beside the unpaired data; every step adds one pair")
+    pair_cases: tuple[str, ...] = option((), "the paired cases of data.pairs, filled when the run starts "
+                                             "(a resumed run refuses other pairs)")
 
 
 @dataclass
 class ModelConfig:
-    name: str = option("cyclegan", "cyclegan | pix2pix | cut")
+    name: str = option("cyclegan", "cyclegan | pix2pix | cut | reggan | regression")
     generator: str = option("resnet", "resnet | unet")
     ngf: int = option(64, "generator base width (filters of the first layer)")
     ndf: int = option(64, "discriminator base width")
@@ -52,6 +56,13 @@ class ModelConfig:
     lambda_cycle: float = option(10.0, "weight of the cycle-consistency loss")
     lambda_identity: float = option(0.5, "weight of the identity loss, times lambda_cycle; 0 = off")
     lambda_l1: float = option(100.0, "weight of the L1 loss to the paired CT")
+    lambda_corr: float = option(20.0, "weight of the L1 loss between the translation and the CT registered onto it "
+                                      "(RegGAN's correction loss; the paper's 20)")
+    lambda_smooth: float = option(10.0, "weight of the smoothness loss of the registration field (the paper's 10)")
+    lambda_pair: float = option(10.0, "weight of the L1 loss on the paired slices of data.pairs (as lambda_cycle: "
+                                      "a pair weighs as much as a cycle)")
+    register: bool = option(False, "the paired L1 loss goes through RegGAN's registration network (data.pairs "
+                                   "registered only approximately)")
     lambda_struct: float = option(0.0, "weight of the structure-consistency loss between input and translation; 0 = off")
     struct_loss: str = option("mind", "structure-consistency loss: mind (MIND descriptors) | ngf (normalised gradient fields)")
     lambda_nce: float = option(1.0, "weight of the PatchNCE loss")
@@ -153,6 +164,10 @@ def _coerce(value, hint, where: str):
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
+    if origin is tuple and args[-1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise SynthctError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], where) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise SynthctError(f"{where}: expected a list of {len(args)} values, got {value!r}")

@@ -1,4 +1,5 @@
-"""synthct train: train a CycleGAN (or pix2pix / CUT) on MR and CT folders into a run folder."""
+"""synthct train: train a CycleGAN (or pix2pix / CUT / RegGAN / regression) on MR and CT folders into a
+run folder."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def add_arguments(parser) -> None:
     data.add_argument("--ct", metavar="DIR", help="folder (or file) of CT images/volumes")
     data.add_argument("--data", metavar="ROOT",
                       help="data root: CycleGAN layout (trainA/, trainB/) or SynthRAD (<case>/mr, ct, mask)")
+    data.add_argument("--pairs", metavar="DIR",
+                      help="semi-supervised CycleGAN: paired cases beside the unpaired data (SynthRAD layout, "
+                           "or mr/ + ct/ folders whose files pair by name); as few as one patient")
     run = parser.add_argument_group("run")
     run.add_argument("--out", metavar="RUN_DIR", help="run folder for checkpoints, logs, samples, generators")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
@@ -40,7 +44,7 @@ def add_arguments(parser) -> None:
     flags = parser.add_argument_group("common settings (override --config and --set)")
     flags.add_argument("--size", type=int, help="training slice size in pixels")
     flags.add_argument("--slices", type=int, help="2.5D: number of neighbouring slices as channels (odd)")
-    flags.add_argument("--model", choices=("cyclegan", "pix2pix", "cut"))
+    flags.add_argument("--model", choices=("cyclegan", "pix2pix", "cut", "reggan", "regression"))
     flags.add_argument("--ngf", type=int, help="generator base width")
     flags.add_argument("--ndf", type=int, help="discriminator base width")
     flags.add_argument("--blocks", type=int, help="residual blocks of the ResNet generator")
@@ -102,6 +106,9 @@ def build_config(args):
         data["data"].update(mr=args.mr, ct=args.ct, root=None)
     elif args.data:
         data["data"].update(root=args.data, mr=None, ct=None)
+    if args.pairs:
+        # A new run finds its paired cases in the folder; a resumed one checks them against config.yaml.
+        data["data"].update(pairs=args.pairs, **({} if args.resume else {"pair_cases": []}))
     return config_from_dict(data)
 
 
@@ -120,7 +127,7 @@ def _check_inputs(args) -> None:
         raise SynthctError("give either --data ROOT or --mr DIR --ct DIR, not both")
     if bool(args.mr) != bool(args.ct):
         raise SynthctError("--mr and --ct go together (or use --data ROOT)")
-    for path in (args.mr, args.ct, args.data):
+    for path in (args.mr, args.ct, args.data, args.pairs):
         if path and not Path(path).exists():
             raise SynthctError("not found", path)
     if args.resume:

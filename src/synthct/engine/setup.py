@@ -10,18 +10,30 @@ from torch import nn
 
 from synthct.config import RunConfig
 from synthct.errors import SynthctError
-from synthct.models import build_model, check_model_config, model_class
+from synthct.models import MODELS, build_model, check_model_config, model_class
 
 
 def check_config(cfg: RunConfig) -> None:
     """Every configuration mistake the run can find before it touches the run folder."""
     check_model_config(cfg.model)
+    check_pairs_option(cfg)
     check_sizes(cfg)
     check_optimisation(cfg)
     if cfg.train.stop_at_step is not None and cfg.train.stop_at_step < 1:
         raise SynthctError(f"train.stop_at_step must be a step number of at least 1, got {cfg.train.stop_at_step}")
     if cfg.train.batch_size < 1:
         raise SynthctError(f"train.batch_size must be at least 1, got {cfg.train.batch_size}")
+
+
+def check_pairs_option(cfg: RunConfig) -> None:
+    """data.pairs only for a model that reads paired slices beside unpaired ones, and
+    model.register only with data.pairs."""
+    if cfg.data.pairs and not model_class(cfg.model.name).uses_pairs:
+        users = [name for name, cls in MODELS.items() if cls.uses_pairs]
+        raise SynthctError(f"{cfg.model.name} does not train on extra pairs (--pairs is for {', '.join(users)}; "
+                           "a paired model takes the pairs as its data)")
+    if cfg.model.register and not cfg.data.pairs:
+        raise SynthctError("model.register registers the paired slices of --pairs (data.pairs): give them")
 
 
 def smallest_image(cfg: RunConfig) -> int:
@@ -86,7 +98,23 @@ def load_training_data(cfg: RunConfig, run_dir: Path):
     if len(dataset) == 0:
         raise SynthctError("no usable training slices (all below data.min_body_fraction?)",
                            cfg.data.root or cfg.data.mr)
-    return dataset
+    return with_pairs(cfg, dataset, cache_dir) if cfg.data.pairs else dataset
+
+
+def with_pairs(cfg: RunConfig, unpaired, cache_dir: Path | None):
+    """The unpaired slices with data.pairs beside them; records the paired cases in
+    cfg.data.pair_cases (so config.yaml names them) and refuses others on resume."""
+    from synthct.data.pairs import WithPairs, pair_sources
+    from synthct.data.slices import SliceDataset
+
+    sources = pair_sources(cfg.data.pairs)
+    if cfg.data.pair_cases and tuple(cfg.data.pair_cases) != tuple(sources.cases):
+        raise SynthctError(f"data.pairs holds cases {', '.join(sources.cases)}, but the run was configured with "
+                           f"{', '.join(cfg.data.pair_cases)} (data.pair_cases)", cfg.data.pairs)
+    cfg.data.pair_cases = tuple(sources.cases)
+    pairs = SliceDataset(sources, cfg.data, paired=True, seed=cfg.train.seed,
+                         cache_dir=None if cache_dir is None else cache_dir / "pairs")
+    return WithPairs(unpaired, pairs, cfg.train.seed)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

@@ -482,6 +482,7 @@ def _describe(cfg: RunConfig, trainer: Trainer, slices: int, steps_per_epoch: in
             f"batch {cfg.train.batch_size}, {steps_per_epoch} steps/epoch"
             + (f", {cfg.train.max_minutes:g} min with the lr schedule following the clock" if by_time
                else f", {trainer.total_steps} steps")
+            + (f", pairs from {', '.join(cfg.data.pair_cases)}" if cfg.data.pairs else "")
             + (f", resuming at step {trainer.step_index}" if resume else ""))
 
 

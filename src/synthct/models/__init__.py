@@ -1,4 +1,4 @@
-"""Networks and objectives. Every model (CycleGAN, Pix2Pix, CUT) is a
+"""Networks and objectives. Every model (CycleGAN, Pix2Pix, CUT, RegGAN, Regression) is a
 :class:`~synthct.models.base.TranslationModel`, the one interface the training engine uses.
 Batches are {"mr": (N, C, H, W), "ct": (N, C, H, W)} in [-1, 1]."""
 
@@ -17,8 +17,12 @@ from synthct.models.generators import ResnetGenerator, UnetGenerator
 from synthct.models.losses import GAN_MODES, GANLoss, MINDLoss, NGFLoss, PatchNCELoss
 from synthct.models.pix2pix import Pix2Pix
 from synthct.models.pool import ImagePool
+from synthct.models.reggan import RegGAN
+from synthct.models.registration import RegistrationNet
+from synthct.models.regression import Regression
 
-MODELS: dict[str, type[TranslationModel]] = {"cyclegan": CycleGAN, "pix2pix": Pix2Pix, "cut": CUT}
+MODELS: dict[str, type[TranslationModel]] = {"cyclegan": CycleGAN, "pix2pix": Pix2Pix, "cut": CUT,
+                                              "reggan": RegGAN, "regression": Regression}
 
 
 def model_class(name: str) -> type[TranslationModel]:
@@ -58,7 +62,8 @@ def check_model_config(cfg: ModelConfig) -> None:
     for key in ("ngf", "ndf", "blocks", "d_layers", "unet_downs"):
         if getattr(cfg, key) < 1:
             raise SynthctError(f"model.{key}: must be at least 1, got {getattr(cfg, key)}")
-    for key in ("lambda_cycle", "lambda_identity", "lambda_l1", "lambda_struct", "lambda_nce", "cycle_noise"):
+    for key in ("lambda_cycle", "lambda_identity", "lambda_l1", "lambda_struct", "lambda_nce", "cycle_noise",
+                "lambda_corr", "lambda_smooth", "lambda_pair"):
         if getattr(cfg, key) < 0:
             raise SynthctError(f"model.{key}: must be 0 (off) or positive, got {getattr(cfg, key)}")
     if cfg.pool_size < 0:
@@ -78,7 +83,7 @@ def build_model(cfg: ModelConfig, in_channels: int, out_channels: int) -> Transl
 
 __all__ = [
     "CUT", "CycleGAN", "GANLoss", "ImagePool", "MINDLoss", "MODELS", "NGFLoss", "PatchDiscriminator",
-    "PatchNCELoss", "Pix2Pix", "ResnetGenerator", "TranslationModel", "UnetGenerator", "build_model",
+    "PatchNCELoss", "Pix2Pix", "RegGAN", "RegistrationNet", "Regression", "ResnetGenerator", "TranslationModel", "UnetGenerator", "build_model",
     "centre_channel", "check_model_config", "init_weights", "model_class", "option_users", "receptive_field",
     "set_requires_grad",
 ]

@@ -16,7 +16,8 @@ belong to generator_parameters(); only :meth:`generators` are exported for trans
 
 Each model also says what it needs of the configuration and data: ``options`` names the
 ModelConfig fields it reads (check_model_config refuses the others when set), and
-``needs_pairs`` that it trains on co-registered MR/CT pairs.
+``needs_pairs`` that it trains on co-registered MR/CT pairs, ``uses_pairs`` that it reads extra
+paired slices beside unpaired data (``data.pairs``; the batch then holds "mr_pair" and "ct_pair").
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class TranslationModel(nn.Module, abc.ABC):
 
     options: ClassVar[tuple[str, ...]] = ()  # ModelConfig fields this model reads ("name" aside)
     needs_pairs: ClassVar[bool] = False  # trains on co-registered MR/CT pairs only
+    uses_pairs: ClassVar[bool] = False  # reads extra paired slices (batch "mr_pair", "ct_pair") with data.pairs
 
     @abc.abstractmethod
     def generators(self) -> dict[str, nn.Module]:

@@ -35,12 +35,15 @@ from synthct.models.discriminator import PatchDiscriminator
 from synthct.models.generators import build_generator
 from synthct.models.losses import GANLoss, build_structure_loss
 from synthct.models.pool import ImagePool
+from synthct.models.registration import Registration
 from synthct.models.shared import adversarial, batched, discriminator_objective, in_body, new_pool_seed
 
 
 class CycleGAN(TranslationModel):
     options = GENERATOR_OPTIONS + DISCRIMINATOR_OPTIONS + (
-        "lambda_cycle", "lambda_identity", "lambda_struct", "struct_loss", "body_masked", "cycle_noise")
+        "lambda_cycle", "lambda_identity", "lambda_struct", "struct_loss", "body_masked", "cycle_noise",
+        "lambda_pair", "register", "lambda_smooth")
+    uses_pairs = True
 
     def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int):
         super().__init__()
@@ -64,6 +67,8 @@ class CycleGAN(TranslationModel):
         self.lambda_struct = cfg.lambda_struct
         self.cycle_noise = cfg.cycle_noise
         self.body_masked = cfg.body_masked
+        self.lambda_pair = cfg.lambda_pair
+        self.registration = Registration(out_channels, cfg.lambda_pair, cfg.lambda_smooth) if cfg.register else None
         self.pool_ct = ImagePool(cfg.pool_size, seed=new_pool_seed())
         self.pool_mr = ImagePool(cfg.pool_size, seed=new_pool_seed())
 
@@ -73,6 +78,8 @@ class CycleGAN(TranslationModel):
     def generator_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.G.parameters()
         yield from self.F.parameters()
+        if self.registration is not None:
+            yield from self.registration.parameters()
 
     def discriminator_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.D_ct.parameters()
@@ -112,11 +119,21 @@ class CycleGAN(TranslationModel):
         if self.structure is not None:
             terms["struct"] = self.lambda_struct * (self.structure(real_mr, fake_ct)
                                                     + self.structure(real_ct, fake_mr))
+        if "mr_pair" in batch:
+            terms |= self.paired_terms(batch["mr_pair"], batch["ct_pair"])
         total = sum(terms.values())
 
         cache = {"fake_ct": fake_ct.detach(), "fake_mr": fake_mr.detach(),
                  "rec_mr": rec_mr.detach(), "rec_ct": rec_ct.detach(), "mr_body": mr_body, "ct_body": ct_body}
         return total, {name: value.detach() for name, value in terms.items()}, cache
+
+    def paired_terms(self, mr_pair: Tensor, ct_pair: Tensor) -> dict[str, Tensor]:
+        """lambda_pair * |G(mr_p) - ct_p|_1, or with model.register its registered form."""
+        fake_ct = self.G(mr_pair)
+        if self.registration is None:
+            return {"pair_l1": self.lambda_pair * l1_loss(fake_ct.float(), ct_pair.float())}
+        terms, _, _ = self.registration(fake_ct, ct_pair)
+        return {f"pair_{name}": value for name, value in terms.items()}
 
     def noisy(self, translation: Tensor) -> Tensor:
         """The translation as the cycle sees it: with model.cycle_noise, plus Gaussian noise."""
