@@ -1,4 +1,4 @@
-"""Anatomy-preserving variants on phantoms (issue 8), all trained with the same CPU-time budget.
+"""Anatomy-preserving variants on phantoms, all trained with the same CPU-time budget.
 
 Variants (every one through ``synthct train``, so the commands in the table are the real ones):
 

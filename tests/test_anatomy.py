@@ -1,4 +1,4 @@
-"""Anatomy-preserving translation (issue 8): CUT learns a mapping, 2.5D models translate volumes
+"""Anatomy-preserving translation: CUT learns a mapping, 2.5D models translate volumes
 end to end through the CLI with the training stacks, the structure-loss flags reach the config,
 and the slice-to-slice consistency metric."""
 

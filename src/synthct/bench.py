@@ -29,7 +29,7 @@ from synthct.measure import count_flops, cpu_model, floor_seconds, load_average,
 
 SECTIONS = ("train", "inference", "volume", "memory", "data", "quality")
 
-# Targets of issue 6 for the 2-core CPU (reference: 9.4 s/it, 0.44 s/slice, 4.2 GB).
+# Speed targets for the 2-core CPU (reference: 9.4 s/it, 0.44 s/slice, 4.2 GB).
 TARGETS = {
     "train_256": 1.9,
     "inference_256": 0.08,
