@@ -41,6 +41,18 @@ def test_mask_fills_holes_and_keeps_largest_component():
     assert found.sum() == 30 * 30
 
 
+def test_mask_keeps_an_arm_apart_from_the_trunk():
+    # Axial CT through the abdomen with the arms at the sides: separate components, all body.
+    image = np.full((4, 60, 80), -1000.0, np.float32)
+    image[:, 10:50, 15:65] = 30.0  # trunk, 2000 voxels a slice
+    image[:, 25:33, 2:10] = 30.0  # arm, 64 voxels a slice (3 % of the trunk)
+    image[:, 55:56, 75:77] = 30.0  # a two-voxel speck (0.1 %)
+    found = body_mask(image, "ct")
+    assert found[:, 28, 5].all() and found[:, 30, 40].all()
+    assert not found[:, 55, 75].any()
+    assert found.sum() == 4 * (2000 + 64)
+
+
 def test_eight_bit_threshold_and_2d_input():
     picture = np.zeros((30, 30), np.float32)
     picture[10:20, 10:20] = 11

@@ -86,7 +86,7 @@ def test_oblique_anisotropic_nifti_keeps_exact_geometry_and_int16(tmp_path, run_
 def test_identity_generator_returns_input_hu_inside_window():
     vol = oblique_volume(low=-1500, high=3500)
     translator = Translator.from_runner(identity, stub_meta(), batch_size=2, resample="native")
-    out = translator.translate_volume(vol)
+    out = translator.translate_volume(vol, mask="none")
     assert out.array.dtype == np.float32 and out.same_geometry(vol)
     inside = (vol.array >= -1024) & (vol.array <= 3000)
     assert np.abs(out.array - vol.array)[inside].max() < 0.5
@@ -167,17 +167,16 @@ def test_mask_sets_air_outside_body():
     np.testing.assert_allclose(out.array[mask], 40, atol=0.5)
 
 
-def test_body_masked_models_mask_by_default_others_do_not():
+def test_air_outside_the_body_by_default_and_none_turns_it_off():
     array = np.full((2, 16, 16), -800.0, np.float32)  # outside the body (below -500 HU)
     array[:, 4:12, 4:12] = 40.0
     vol = Volume(array=array)
-    plain = Translator.from_runner(identity, stub_meta(size=16)).translate_volume(vol)
-    masked = Translator.from_runner(identity, stub_meta(size=16) | {"body_masked": True}).translate_volume(vol)
-    np.testing.assert_allclose(plain.array[array == -800], -800, atol=0.5)
-    assert np.all(masked.array[array == -800] == -1000)
-    np.testing.assert_allclose(masked.array[array == 40], 40, atol=0.5)
-    raw = Translator.from_runner(identity, stub_meta(size=16) | {"body_masked": True}).translate_volume(vol, mask="none")
-    np.testing.assert_allclose(raw.array[array == -800], -800, atol=0.5)
+    for meta in (stub_meta(size=16), stub_meta(size=16) | {"body_masked": True}):
+        masked = Translator.from_runner(identity, meta).translate_volume(vol)
+        assert np.all(masked.array[array == -800] == -1000)
+        np.testing.assert_allclose(masked.array[array == 40], 40, atol=0.5)
+        raw = Translator.from_runner(identity, meta).translate_volume(vol, mask="none")
+        np.testing.assert_allclose(raw.array[array == -800], -800, atol=0.5)
 
 
 FLIPPED = {"config": {"data": {"flip": True}}}
@@ -194,12 +193,15 @@ def test_flip_tta_averages_the_mirrored_translation_of_the_mirror_image(resample
     # its half everywhere; a left-right asymmetric input keeps its asymmetry.
     array = np.tile(np.linspace(-900, 900, 16, dtype=np.float32), (3, 16, 1))
     vol = Volume(array=array)
-    plain = Translator.from_runner(add_column_ramp, stub_meta(size=16) | FLIPPED, resample=resample)
-    tta = Translator.from_runner(add_column_ramp, stub_meta(size=16) | FLIPPED, resample=resample, tta="flip")
+    plain = Translator.from_runner(add_column_ramp, stub_meta(size=16) | FLIPPED, resample=resample, tta="none")
     expected = array + 0.5 * 0.01 * 15 * (3000 + 1024) / 2  # half the constant, model range -> HU
-    np.testing.assert_allclose(tta.translate_volume(vol).array, expected, atol=0.5)
+    for tta in ("flip", "auto"):  # auto: flip, since this model was trained with flips
+        translator = Translator.from_runner(add_column_ramp, stub_meta(size=16) | FLIPPED, resample=resample, tta=tta)
+        np.testing.assert_allclose(translator.translate_volume(vol, mask="none").array, expected, atol=0.5)
     ramp_hu = np.arange(16) * 0.01 * (3000 + 1024) / 2
-    np.testing.assert_allclose(plain.translate_volume(vol).array, array + ramp_hu, atol=0.5)
+    np.testing.assert_allclose(plain.translate_volume(vol, mask="none").array, array + ramp_hu, atol=0.5)
+    unflipped = Translator.from_runner(add_column_ramp, stub_meta(size=16), resample=resample)  # auto: none
+    np.testing.assert_allclose(unflipped.translate_volume(vol, mask="none").array, array + ramp_hu, atol=0.5)
 
 
 def test_flip_tta_also_averages_the_cycle_qa_reconstruction():

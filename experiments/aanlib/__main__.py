@@ -16,7 +16,8 @@ from experiments.aanlib.common import DEFAULT_DATA, REPO, RUNS, refuse_existing,
 from experiments.aanlib.prepare import FOLDS
 
 INFERENCE = (("--tta", dict(choices=("none", "flip"), default="none", help="as synthct translate --tta")),
-             ("--mask", dict(choices=("auto", "none"), help="as synthct translate --mask (default: the model's)")))
+             ("--mask", dict(choices=("auto", "none"), default="none",
+                         help="as synthct translate --mask (default none: the translation as it is)")))
 
 
 def cmd_prepare(args) -> None:

@@ -50,7 +50,7 @@ def elapsed_by_step(log_csv: Path) -> dict[int, float]:
         return {int(row["step"]): float(row["elapsed_s"]) for row in reader}
 
 
-def curve(work: Path, run_dir: Path, device: str = "auto", tta: str = "none", mask: str | None = None,
+def curve(work: Path, run_dir: Path, device: str = "auto", tta: str = "none", mask: str = "none",
           ledger_path: Path = ledger.LEDGER) -> dict:
     """Scores of every generator snapshot of a run against its training minutes."""
     run_dir = Path(run_dir)
@@ -64,7 +64,7 @@ def curve(work: Path, run_dir: Path, device: str = "auto", tta: str = "none", ma
         points.append({"step": step, "minutes": elapsed.get(step, 0.0) / 60, "generator": str(weights),
                        "means": result["means"]})
     return {"run": str(run_dir), "protocol": protocol(work, scored),
-            "inference": {"tta": tta, "mask": mask or "the model's default"}, "points": points}
+            "inference": {"tta": tta, "mask": mask}, "points": points}
 
 
 def plot_curve(curve_result: dict, reference_lines: dict[str, float], path: Path) -> None:

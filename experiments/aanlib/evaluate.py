@@ -15,9 +15,10 @@ from experiments.aanlib.common import ScoredSlice, load_scored_set, protocol, re
 
 
 def translate_scored(generator: Path, scored: list[ScoredSlice], device: str = "auto", tta: str = "none",
-                     mask: str | None = None) -> dict[str, np.ndarray]:
+                     mask: str = "none") -> dict[str, np.ndarray]:
     """MR -> CT with a generator (run folder or ``.safetensors``) slice by slice, as
-    ``synthct translate --tta TTA --mask MASK`` would (None: the model's default mask)."""
+    ``synthct translate --tta TTA --mask MASK`` would. The defaults score the generator's
+    translation as it is ("plain"); translate's own defaults are ``--tta flip --mask auto``."""
     from synthct.io.image import read_image
     from synthct.translate.translator import Translator
 
@@ -27,7 +28,7 @@ def translate_scored(generator: Path, scored: list[ScoredSlice], device: str = "
 
 def inference_suffix(tta: str, mask: str | None) -> str:
     """``_tta-flip`` / ``_mask-auto`` for result names scored with translate's options."""
-    return (f"_tta-{tta}" if tta != "none" else "") + (f"_mask-{mask}" if mask else "")
+    return (f"_tta-{tta}" if tta != "none" else "") + (f"_mask-{mask}" if mask != "none" else "")
 
 
 def _sidecar(generator: Path) -> Path:
@@ -36,7 +37,7 @@ def _sidecar(generator: Path) -> Path:
 
 
 def evaluate(work: Path, generator: Path, name: str, device: str = "auto", scored: list[ScoredSlice] | None = None,
-             tta: str = "none", mask: str | None = None, ledger_path: Path = ledger.LEDGER) -> dict:
+             tta: str = "none", mask: str = "none", ledger_path: Path = ledger.LEDGER) -> dict:
     """Scores of ``generator`` on the prepared fold; on the test split also a row in ``ledger_path``."""
     scored = scored if scored is not None else load_scored_set(work)
     sidecar = _sidecar(generator)
@@ -45,7 +46,7 @@ def evaluate(work: Path, generator: Path, name: str, device: str = "auto", score
     # The sidecar is read before the weights are loaded and checked after: the step and checksum
     # recorded are those of the weights scored even while a running training exports new ones.
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    options = (f", --tta {tta}" if tta != "none" else "") + (f", --mask {mask}" if mask else "")
+    options = f", --tta {tta} --mask {mask}"
     result = score(translate_scored(generator, scored, device, tta, mask), scored, name,
                    f"synthct generator {generator}{options}")
     if json.loads(sidecar.read_text(encoding="utf-8")).get("sha256") != meta.get("sha256"):
@@ -54,7 +55,7 @@ def evaluate(work: Path, generator: Path, name: str, device: str = "auto", score
     result["protocol"] = protocol(work, scored)
     result["generator"] = {"path": str(generator), "step": meta.get("step"), "epoch": meta.get("epoch"),
                            "sha256": meta.get("sha256"), "model": meta.get("model")}
-    result["inference"] = {"tta": tta, "mask": mask or "the model's default"}
+    result["inference"] = {"tta": tta, "mask": mask}
     if read_manifest(work)["fold"] == "test":
         ledger.record(ledger_path, generator, meta, result)
     return result

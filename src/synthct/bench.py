@@ -205,11 +205,13 @@ def bench_volume(generator_path: Path, volume_path: Path, out_dir: Path, setting
     from synthct.io.image import read_image, write_image
     from synthct.translate.translator import Translator
 
-    translator = Translator(generator_path, "mr2ct", device=device.type, precision=precision)
+    # One forward pass per slice, no mask: the figures measure the generator path, comparable over
+    # releases (translate's defaults add a mirrored pass and a body mask).
+    translator = Translator(generator_path, "mr2ct", device=device.type, precision=precision, tta="none")
 
     def once():
         vol = read_image(volume_path)
-        synthetic = translator.translate_volume(vol)
+        synthetic = translator.translate_volume(vol, mask="none")
         write_image(synthetic, out_dir / "sct.nii.gz", dtype="int16", overwrite=True)
 
     return median_seconds(once, device, settings.volume_repeats, warmup=0)

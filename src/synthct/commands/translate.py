@@ -24,12 +24,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=("int16", "float32", "uint8"),
                         help="output type (default: int16 for synthetic CT in HU, uint8 for 8-bit models, "
                              "float32 for synthetic MR)")
-    parser.add_argument("--mask", help="body mask file (non-zero = body; one input only), 'auto' or 'none': "
-                                       "outside the body the output is air (default: auto for models trained with "
-                                       "model.body_masked, none otherwise)")
-    parser.add_argument("--tta", default="none", choices=("none", "flip"),
+    parser.add_argument("--mask", default="auto",
+                        help="body mask file (non-zero = body; one input only), 'auto' (the input's own body "
+                             "mask, the default) or 'none': outside the body the output is air")
+    parser.add_argument("--tta", default="auto", choices=("auto", "none", "flip"),
                         help="test-time augmentation: flip averages each slice's translation with the mirrored "
-                             "translation of its mirror image (2 passes; models trained with data.flip)")
+                             "translation of its mirror image (2 passes; models trained with data.flip); "
+                             "auto (default): flip for models trained with flips, none otherwise")
     parser.add_argument("--resample", default="auto", choices=("auto", "native", "fit"),
                         help="native: translate at the input's pixel grid; fit: the training resize "
                              "(longest side to the training size) and back; auto: fit only when the "

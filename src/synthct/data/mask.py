@@ -1,4 +1,4 @@
-"""Body (foreground) masks: threshold, keep the largest 3D component, fill holes, close gaps."""
+"""Body (foreground) masks: threshold, keep the large 3D components, fill holes, close gaps."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from synthct.errors import SynthctError
 
 CT_BODY_HU = -500.0
 EIGHT_BIT_BODY_LEVEL = 10.0
+# Parts apart from the largest component are body too when at least this share of its size: an
+# arm beside the trunk (a few per cent of it) stays, noise specks and small ghosts go.
+BODY_PART_SHARE = 0.01
 
 
 def mr_threshold(array: np.ndarray) -> float:
@@ -59,7 +62,7 @@ def body_mask(array: np.ndarray, modality: str = "ct", threshold: float | None =
     if count > 1:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
-        mask = labels == int(sizes.argmax())
+        mask = np.isin(labels, np.flatnonzero(sizes >= BODY_PART_SHARE * sizes.max()))
     # Close small gaps in-plane only (slices can be far apart along z); the padding keeps a
     # body that touches the image edge from being eroded there.
     padded = np.pad(mask, ((0, 0), (2, 2), (2, 2)), mode="edge")

@@ -35,7 +35,9 @@ Test-time augmentation (``tta="flip"``) averages the translation of each slice w
 mirrored translation of its mirror image (along the slice's columns, the axis training flips
 randomly with ``data.flip``): two forward passes for a prediction with less of the generator's
 slice-to-slice noise, as nnU-Net does by default for segmentation. Only a model trained with
-flips has seen mirrored slices, so only such a model accepts it.
+flips has seen mirrored slices, so only such a model accepts it; ``tta="auto"``, the default,
+uses it for such models. The default mask ("auto") makes everything outside the input's body air:
+both lowered head MAE at every scored snapshot of the brain-slice runs (docs/RESULTS.md).
 
 Cycle-consistency QA (``qa=True``) runs the opposite generator of the same run on the
 translation and reports how far it is from the input (see ``translate.qa``).
@@ -65,7 +67,7 @@ DEFAULT_TILE = 512
 # "auto" resampling switches to the training transform beyond this scale mismatch.
 FIT_SCALE_TOLERANCE = 1.25
 RESAMPLE_MODES = ("auto", "native", "fit")
-TTA_MODES = ("none", "flip")
+TTA_MODES = ("auto", "none", "flip")
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -202,12 +204,13 @@ class Translator:
     (backend "torch"), or an exported ``.onnx`` file with its ``.onnx.json`` sidecar (backend
     "onnxruntime"). ``qa_model``: where the opposite generator for cycle QA lives (defaults
     to ``model_ref``'s run). ``tile``: None = automatic (large slices only), 0 = never,
-    N = tiles of N x N pixels. ``tta``: "none" or "flip" (see the module docstring).
+    N = tiles of N x N pixels. ``tta``: "none", "flip" (see the module docstring) or "auto" (flip
+    for models trained with mirrored slices, none otherwise).
     """
 
     def __init__(self, model_ref: str | Path, direction: str, device: str = "auto", precision: str = "auto",
                  batch_size: int = 16, backend: str = "torch", resample: str = "auto", tile: int | None = None,
-                 qa_model: str | Path | None = None, tta: str = "none"):
+                 qa_model: str | Path | None = None, tta: str = "auto"):
         if direction not in DIRECTIONS:
             raise SynthctError(f"unknown direction '{direction}' (mr2ct | ct2mr)")
         self.device, self.precision = resolve_runtime(device, precision) if backend == "torch" else ("cpu", "fp32")
@@ -219,7 +222,7 @@ class Translator:
 
     @classmethod
     def from_runner(cls, runner: Runner, meta: dict, *, backward: Runner | None = None, batch_size: int = 16,
-                    resample: str = "auto", tile: int | None = None, tta: str = "none") -> "Translator":
+                    resample: str = "auto", tile: int | None = None, tta: str = "auto") -> "Translator":
         """A translator around an already loaded generator (and optionally its opposite)."""
         self = cls.__new__(cls)
         self.device, self.precision, self.backend = "cpu", "fp32", "torch"
@@ -241,6 +244,8 @@ class Translator:
         if tta not in TTA_MODES:
             raise SynthctError(f"unknown test-time augmentation '{tta}' ({' | '.join(TTA_MODES)})")
         flips = trained_with_flips(meta)
+        if tta == "auto":
+            tta = "flip" if flips else "none"
         if tta == "flip" and not flips:
             why = "was trained without flips (data.flip)" if flips is False \
                 else "does not record whether it was trained with flips (data.flip)"
@@ -273,14 +278,13 @@ class Translator:
                          progress: Callable[[int], None] | None = None) -> Volume | QAResult:
         """The synthetic image (float32, the input's geometry; HU for CT).
 
-        ``mask``: a boolean array of the input's shape or "auto" (body mask of the input);
-        outside it the output is air (-1000 HU for CT, the darkest MR / 8-bit level). A model
-        trained body-masked (``model.body_masked``) gets "auto" when no mask is given, as in
-        training; "none" turns masking off for any model.
+        ``mask``: a boolean array of the input's shape, "auto" (the body mask of the input; the
+        default, None, means "auto") or "none"; outside the mask the output is air (-1000 HU for
+        CT, the darkest MR / 8-bit level).
         With ``qa=True`` returns a :class:`QAResult` with the cycle error map and summary.
         ``progress(n)`` is called with the number of slices finished after every batch.
         """
-        if mask is None and self.meta.get("body_masked"):
+        if mask is None:
             mask = "auto"
         elif isinstance(mask, str) and mask == "none":
             mask = None
