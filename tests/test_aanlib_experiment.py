@@ -231,6 +231,39 @@ def test_the_ledger_appends_one_row_per_scoring_and_keys_the_recipe_not_the_path
         ledger.record(tmp_path / "other.csv", tmp_path / "run_x", meta, _result(60.0))
 
 
+def _seed_run(work: Path, name: str, plain_ssim: float, head_mae: float, verdicts: list[str] | None) -> None:
+    plain = {"inference": {"tta": "none", "mask": "none"},
+             "means": {"head_mae": head_mae + 2, "head_ssim": plain_ssim}}
+    (work / "results").mkdir(parents=True, exist_ok=True)
+    (work / "results" / f"{name}.json").write_text(json.dumps(plain))
+    scored = {"inference": {"tta": "flip", "mask": "auto"}, "means": {"head_mae": head_mae, "head_ssim": 0.0}}
+    (work / "results" / f"{name}_tta-flip_mask-auto.json").write_text(json.dumps(scored))
+    (work / "runs" / name).mkdir(parents=True)
+    if verdicts is not None:
+        checks = [{"step": 500 * (i + 1), "verdict": v, "failures": []} for i, v in enumerate(verdicts)]
+        (work / "runs" / name / "health.json").write_text(json.dumps({"checks": checks}))
+
+
+def test_seeds_counts_outcomes_and_judges_each_last_health_verdict(tmp_path, capsys):
+    work = tmp_path / "fold"
+    _seed_run(work, "a_seed0", 0.25, 55.0, ["failed", "healthy"])  # reached, passed: agrees
+    _seed_run(work, "a_seed1", 0.13, 75.0, ["healthy", "healthy"])  # not reached, passed: a miss
+    _seed_run(work, "a_seed2", 0.21, 60.0, ["healthy", "failed"])  # reached (at the bound), condemned
+    _seed_run(work, "b_seed0", 0.08, 90.0, None)  # no health check: not judged
+    assert main(["seeds", "--work", str(work), "--recipe", "a=a_seed0,a_seed1,a_seed2", "--recipe", "b=b_seed0",
+                 "--tta", "flip", "--mask", "auto"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| a | 3 | 60.0 (55.0-75.0) | 2 of 3 |" in lines and "| b | 1 | 90.0 | 0 of 1 |" in lines
+    assert "| a_seed1 | 0.130 | not reached | healthy | miss |" in lines
+    assert "| a_seed2 | 0.210 | CT contrast | failed | false alarm |" in lines
+    assert "| b_seed0 | 0.080 | not reached | - | - |" in lines
+    assert lines[-1] == "| 3 judged | | 1 not reached | | 1 agree, 1 missed, 1 false alarms |"
+    # The outcome is read from plain scorings only, and every run must have been scored.
+    assert main(["seeds", "--work", str(work), "--recipe", "a=a_seed0_tta-flip_mask-auto"]) == 2
+    assert main(["seeds", "--work", str(work), "--recipe", "a=a_seed9"]) == 2
+    assert "a_seed9.json: result not found" in capsys.readouterr().err
+
+
 def test_the_committed_ledger_has_the_ledger_columns():
     with open(ledger.LEDGER, newline="") as fh:
         assert tuple(next(csv.reader(fh))) == ledger.COLUMNS

@@ -91,6 +91,24 @@ def _labelled(items: list[str], option: str) -> list[tuple[str, str]]:
     return [tuple(item.split("=", 1)) for item in items]
 
 
+def cmd_seeds(args) -> None:
+    from experiments.aanlib.evaluate import inference_suffix
+    from experiments.aanlib.seeds import health_rows, read_seed_run, recipe_row
+
+    suffix = inference_suffix(args.tta, args.mask)
+    lines = ["| recipe | seeds | head MAE median (range) | reached the CT's contrast |", "|---|---|---|---|"]
+    every = []
+    for label, names in _labelled(args.recipe, "--recipe"):
+        runs = [read_seed_run(args.work / "results" / f"{name}.json", args.work / "results" / f"{name}{suffix}.json",
+                              args.work / "runs" / name) for name in names.split(",")]
+        lines.append(recipe_row(label, runs))
+        every += runs
+    if any(r.verdict for r in every):
+        lines += ["", "| run | plain head SSIM | outcome | last health verdict | |", "|---|---|---|---|---|"]
+        lines += health_rows(every)
+    print("\n".join(lines))
+
+
 def cmd_table(args) -> None:
     from experiments.aanlib.table import markdown_table
 
@@ -164,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="result JSON (default WORK/results/<run>[_tta-flip][_mask-auto].json)")
     _add_scoring_options(command("curve", cmd_curve, "score every generator snapshot of a run against its minutes"),
                          "run folder")
+    p = command("seeds", cmd_seeds, "median and range of recipes over their seeds, and the health verdicts "
+                "against each run's outcome (plain head SSIM >= 0.21: the CT's contrast reached)")
+    p.add_argument("--recipe", action="append", default=[], metavar="LABEL=RUN[,RUN...]",
+                   help="a recipe's runs (names under WORK/runs, each scored plainly by evaluate; repeatable)")
+    for flag, options in INFERENCE:
+        p.add_argument(flag, **(options | {"help": "head MAE from the scoring with this option (" + options["help"] + ")"}))
     p = command("table", cmd_table, "Markdown table of results, baselines and the reference's published numbers")
     p.add_argument("--result", action="append", default=[], metavar="LABEL=RESULT.json",
                    help="an evaluate result with its row label (repeatable)")
