@@ -59,3 +59,17 @@ def test_demo_out_naming_a_file_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"synthct: error: {target}: exists and is not a folder"]
     assert target.read_text() == "keep me"
+
+
+def test_demo_set_overrides_its_training_config(tmp_path, capsys):
+    import yaml
+
+    run_demo(tmp_path / "d", DemoSettings(steps=2, precision="fp32", overrides=("model.lambda_identity=0",), **SMALL),
+             log=lambda *_: None)
+    saved = yaml.safe_load((tmp_path / "d" / "run" / "config.yaml").read_text())
+    assert saved["model"]["lambda_identity"] == 0 and saved["train"]["steps"] == 2
+    capsys.readouterr()  # the training's own log lines
+    assert main(["demo", "--out", str(tmp_path / "e"), "--steps", "2", "--set", "model.nope=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("synthct: error:") and "model.nope" in err[0]
+    assert not (tmp_path / "e").exists()

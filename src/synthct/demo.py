@@ -35,6 +35,7 @@ class DemoSettings:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    overrides: tuple[str, ...] = ()  # KEY=VALUE on the training config, as `synthct train --set`
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _prepare_data(out: Path, s: DemoSettings) -> tuple[Path, Path, Path]:
 
 
 def _config(train_mr: Path, train_ct: Path, s: DemoSettings):
-    from synthct.config import RunConfig
+    from synthct.config import RunConfig, apply_overrides
 
     cfg = RunConfig()
     cfg.data.mr, cfg.data.ct = str(train_mr), str(train_ct)
@@ -82,7 +83,7 @@ def _config(train_mr: Path, train_ct: Path, s: DemoSettings):
     cfg.train.device, cfg.train.precision = s.device, s.precision
     cfg.train.sample_every = 100
     cfg.train.checkpoint_every = 10_000
-    return cfg
+    return apply_overrides(cfg, list(s.overrides))
 
 
 def _untrained_generator(cfg, run_dir: Path, trained_sidecar: Path) -> Path:
@@ -120,6 +121,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, overwrite: b
     from synthct.eval.report import load_report_cases, write_report
 
     s = settings or DemoSettings()
+    _config(Path("mr"), Path("ct"), s)  # a bad --set fails now, before anything is written
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SynthctError("exists and is not a folder", out)

@@ -13,6 +13,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the demo's training config, e.g. --set model.lambda_identity=0 (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
 
 
@@ -23,6 +25,6 @@ def run(args) -> int:
     if args.steps < 1:
         raise SynthctError(f"--steps must be at least 1, got {args.steps}")
     settings = DemoSettings(steps=args.steps, size=args.size, seed=args.seed, device=args.device,
-                            precision=args.precision)
+                            precision=args.precision, overrides=tuple(args.overrides))
     run_demo(args.out, settings, overwrite=args.overwrite)
     return 0
