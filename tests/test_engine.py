@@ -355,7 +355,10 @@ def test_clock_budget_drives_the_lr_schedule_and_snapshots(phantoms, tmp_path, m
     assert steps == [0, 3, 5, 8, 10, 12]
     module, meta = load_generator(snapshots[-1])
     assert meta["direction"] == "mr2ct" and meta["step"] == 12
-    # A resume with a doubled budget continues where the first 3 s ended (the budget spans resumes).
+    # A resume within the same, spent budget takes no step; one with a doubled budget continues
+    # where the first 3 s ended (the budget spans resumes).
+    resumed = train(cfg, tmp_path / "run", resume=True, quiet=True)
+    assert (resumed.stopped, resumed.steps) == ("budget", 12) and len(log_rows(tmp_path / "run")) == 12
     cfg.train.max_minutes = 0.1
     resumed = train(cfg, tmp_path / "run", resume=True, quiet=True)
     assert (resumed.stopped, resumed.steps) == ("budget", 24)

@@ -187,6 +187,9 @@ class Stops(Callback):
     def on_start(self, run: Run) -> None:
         if (self.stop_at_step or 0) <= run.trainer.step_index:
             self.stop_at_step = None
+        # A resume whose time budget is already spent takes no step (a new run takes at least one).
+        if run.resumed and ddp.max_over_ranks(int(run.clock.over_budget()), run.env, run.trainer.device):
+            run.stopped = "budget"
 
     def on_step(self, run: Run, info: StepInfo) -> None:
         # 0 go on, 1 budget spent, else a signal number (SIGINT 2, SIGTERM 15): every process

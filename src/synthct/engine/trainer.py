@@ -415,7 +415,7 @@ def _fit(run: Run, callbacks: list[Callback]) -> None:
     """The loop: batch, step, callbacks; until the schedule ends or a callback stops the run."""
     for callback in callbacks:
         callback.on_start(run)
-    while run.trainer.step_index < run.total_steps:
+    while not run.stopped and run.trainer.step_index < run.total_steps:
         if run.by_time:
             run.trainer.time_fraction = run.clock.fraction_spent()
         info = run.step(*run.next_batch())
