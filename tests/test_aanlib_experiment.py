@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/ run
 
 from experiments.aanlib import ledger  # noqa: E402
 from experiments.aanlib.__main__ import main  # noqa: E402
+from experiments.aanlib.common import REPO  # noqa: E402
 from experiments.aanlib.baselines import baselines, histogram_matched, training_ct_head_pixels  # noqa: E402
 from experiments.aanlib.common import load_scored_set, protocol, read_splits  # noqa: E402
 from experiments.aanlib.curve import curve, elapsed_by_step, find_snapshots, plot_curve  # noqa: E402
@@ -276,6 +278,33 @@ TINY = ["--set", "data.size=32", "--set", "model.ngf=4", "--set", "model.ndf=4",
 
 def _ledger_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
+
+
+def test_the_queue_resumes_a_stopped_run_and_scores_each_finished_run_once(work, tmp_path):
+    import shutil
+    import subprocess
+
+    copy, book = tmp_path / "work", tmp_path / "ledger.csv"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("runs", "results"))
+    extra = [a for a in TINY if "checkpoint_every" not in a and a != "--set"]
+    env = os.environ | {"FOLD": "test", "WORK": str(copy), "STEPS": "4", "PY": sys.executable, "LEDGER": str(book),
+                        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+
+    def queue(*extra_sets: str) -> subprocess.CompletedProcess:
+        sets = " ".join(f"--set {item}" for item in extra + list(extra_sets))
+        return subprocess.run(["bash", str(REPO / "experiments" / "aanlib" / "queue.sh"), "cyclegan:0"],
+                              env=env | {"EXTRA": sets}, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    stopped = queue("train.stop_at_step=2")  # a run stopped half way, as a session's end would
+    assert stopped.returncode == 1 and "stopped at step 2, not scored" in stopped.stderr
+    assert not (copy / "results").exists() and not book.exists()
+    finished = queue()
+    assert finished.returncode == 0 and "resuming at step 2" in finished.stdout
+    rows = _ledger_rows(book)
+    assert [(r["run"], r["step"]) for r in rows] == [("cyclegan_seed0", "4")]
+    assert [int(r["step"]) for r in csv.DictReader(open(copy / "runs" / "cyclegan_seed0" / "log.csv"))] == [1, 2, 3, 4]
+    again = queue()
+    assert again.returncode == 0 and "scored already" in again.stdout and len(_ledger_rows(book)) == 1
 
 
 @pytest.mark.slow
