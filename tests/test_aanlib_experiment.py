@@ -266,6 +266,31 @@ def test_seeds_counts_outcomes_and_judges_each_last_health_verdict(tmp_path, cap
     assert "a_seed9.json: result not found" in capsys.readouterr().err
 
 
+def test_seeds_judges_each_lever_against_the_preset_by_the_promotion_rule(tmp_path, capsys):
+    work = tmp_path / "fold"
+    for seed, (ssim, mae) in enumerate([(0.22, 60.0), (0.10, 80.0), (0.12, 78.0)]):
+        _seed_run(work, f"preset_seed{seed}", ssim, mae, None)
+    # Better median by 3, lower on seeds 1 and 2, contrast on as many seeds: promoted.
+    for seed, (ssim, mae) in enumerate([(0.23, 61.0), (0.11, 75.0), (0.13, 76.0)]):
+        _seed_run(work, f"good_seed{seed}", ssim, mae, None)
+    # Better median by 3 but the contrast on fewer seeds: not promoted.
+    for seed, (ssim, mae) in enumerate([(0.15, 59.0), (0.11, 75.0), (0.13, 77.0)]):
+        _seed_run(work, f"dark_seed{seed}", ssim, mae, None)
+    # Lower on one seed only, though by far: not promoted.
+    for seed, (ssim, mae) in enumerate([(0.30, 40.0), (0.11, 81.0), (0.13, 79.0)]):
+        _seed_run(work, f"lucky_seed{seed}", ssim, mae, None)
+    recipes = [f"--recipe={name}=" + ",".join(f"{name}_seed{s}" for s in range(3))
+               for name in ("preset", "good", "dark", "lucky")]
+    assert main(["seeds", "--work", str(work), *recipes, "--against", "preset", "--tta", "flip", "--mask", "auto"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| good | +3.0 | 2 of 3 | 1 (preset 1) | yes |" in lines
+    assert "| dark | +3.0 | 3 of 3 | 0 (preset 1) | no |" in lines
+    assert "| lucky | -1.0 | 1 of 3 | 1 (preset 1) | no |" in lines
+    assert main(["seeds", "--work", str(work), recipes[1], "--against", "preset"]) == 2
+    assert main(["seeds", "--work", str(work), recipes[0], "--recipe=short=good_seed0", "--against", "preset"]) == 2
+    assert "preset's seeds: 1 runs against 3" in capsys.readouterr().err
+
+
 def test_the_committed_ledger_has_the_ledger_columns():
     with open(ledger.LEDGER, newline="") as fh:
         assert tuple(next(csv.reader(fh))) == ledger.COLUMNS
@@ -305,6 +330,13 @@ def test_the_queue_resumes_a_stopped_run_and_scores_each_finished_run_once(work,
     assert [int(r["step"]) for r in csv.DictReader(open(copy / "runs" / "cyclegan_seed0" / "log.csv"))] == [1, 2, 3, 4]
     again = queue()
     assert again.returncode == 0 and "scored already" in again.stdout and len(_ledger_rows(book)) == 1
+    # A named variant, scored plainly and with translate's defaults.
+    env |= {"NAME": "variant", "DEFAULTS": "1"}
+    named = queue()
+    assert named.returncode == 0, named.stderr
+    assert [(r["run"], r["tta"], r["mask"]) for r in _ledger_rows(book)[1:]] == [
+        ("variant_seed0", "none", "none"), ("variant_seed0", "flip", "auto")]
+    assert {p.name for p in (copy / "results").iterdir()} >= {"variant_seed0.json", "variant_seed0_tta-flip_mask-auto.json"}
 
 
 @pytest.mark.slow

@@ -93,16 +93,24 @@ def _labelled(items: list[str], option: str) -> list[tuple[str, str]]:
 
 def cmd_seeds(args) -> None:
     from experiments.aanlib.evaluate import inference_suffix
-    from experiments.aanlib.seeds import health_rows, read_seed_run, recipe_row
+    from experiments.aanlib.seeds import health_rows, promotion, promotion_row, read_seed_run, recipe_row
 
     suffix = inference_suffix(args.tta, args.mask)
     lines = ["| recipe | seeds | head MAE median (range) | reached the CT's contrast |", "|---|---|---|---|"]
-    every = []
+    recipes = {}
     for label, names in _labelled(args.recipe, "--recipe"):
-        runs = [read_seed_run(args.work / "results" / f"{name}.json", args.work / "results" / f"{name}{suffix}.json",
-                              args.work / "runs" / name) for name in names.split(",")]
-        lines.append(recipe_row(label, runs))
-        every += runs
+        recipes[label] = [read_seed_run(args.work / "results" / f"{name}.json",
+                                        args.work / "results" / f"{name}{suffix}.json", args.work / "runs" / name)
+                          for name in names.split(",")]
+        lines.append(recipe_row(label, recipes[label]))
+    if args.against:
+        if args.against not in recipes:
+            raise SynthctError(f"--against names no --recipe: '{args.against}'")
+        lines += ["", f"| lever against {args.against} | median gain (grey levels) | same-seed pairs won | "
+                  "CT contrast reached | promoted |", "|---|---|---|---|---|"]
+        lines += [promotion_row(label, promotion(runs, recipes[args.against]))
+                  for label, runs in recipes.items() if label != args.against]
+    every = [run for runs in recipes.values() for run in runs]
     if any(r.verdict for r in every):
         lines += ["", "| run | plain head SSIM | outcome | last health verdict | |", "|---|---|---|---|---|"]
         lines += health_rows(every)
@@ -186,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "against each run's outcome (plain head SSIM >= 0.21: the CT's contrast reached)")
     p.add_argument("--recipe", action="append", default=[], metavar="LABEL=RUN[,RUN...]",
                    help="a recipe's runs (names under WORK/runs, each scored plainly by evaluate; repeatable)")
+    p.add_argument("--against", metavar="LABEL",
+                   help="judge every other recipe against this one by the promotion rule (runs paired in the "
+                        "order given, seed by seed)")
     for flag, options in INFERENCE:
         p.add_argument(flag, **(options | {"help": "head MAE from the scoring with this option (" + options["help"] + ")"}))
     p = command("table", cmd_table, "Markdown table of results, baselines and the reference's published numbers")

@@ -6,6 +6,11 @@ contrast* when its plain head SSIM is at least 0.21 (the nine test-split hours t
 CT's tissue order scored 0.21-0.27, the others 0.06-0.20). The health check condemns a run
 ("failed") or passes it ("healthy"); a passed run that did not reach the CT's contrast is a
 *miss*, a condemned run that did is a *false alarm*.
+
+The promotion rule is docs/RESULTS.md's too: a lever screened against the preset on the same seeds
+is promoted when its median head MAE is at least ``PROMOTION_MARGIN`` grey levels below the
+preset's, it is lower on at least two of three same-seed pairs, and it reaches the CT's contrast on
+no fewer seeds.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 from synthct.errors import SynthctError
 
 CT_CONTRAST_SSIM = 0.21
+PROMOTION_MARGIN = 2.0  # grey levels
 
 
 @dataclass(frozen=True)
@@ -73,3 +79,33 @@ def health_rows(runs: list[SeedRun]) -> list[str]:
     rows.append(f"| {len(judged)} judged | | {sum(not r.reached for r in judged)} not reached | | "
                 f"{counts['agrees']} agree, {counts['miss']} missed, {counts['false alarm']} false alarms |")
     return rows
+
+
+@dataclass(frozen=True)
+class Promotion:
+    median_gain: float  # the preset's median head MAE minus the lever's (positive: the lever is better)
+    pairs_won: int
+    pairs: int
+    reached: int
+    reached_preset: int
+
+    @property
+    def promoted(self) -> bool:
+        return (self.median_gain >= PROMOTION_MARGIN and 3 * self.pairs_won >= 2 * self.pairs
+                and self.reached >= self.reached_preset)
+
+
+def promotion(lever: list[SeedRun], preset: list[SeedRun]) -> Promotion:
+    """The promotion rule for a lever's runs against the preset's, paired seed by seed (the two
+    lists in the same seed order)."""
+    if len(lever) != len(preset):
+        raise SynthctError(f"a lever is judged on the preset's seeds: {len(lever)} runs against {len(preset)}")
+    gain = float(np.median([r.head_mae for r in preset]) - np.median([r.head_mae for r in lever]))
+    won = sum(mine.head_mae < theirs.head_mae for mine, theirs in zip(lever, preset))
+    return Promotion(gain, won, len(lever), sum(r.reached for r in lever), sum(r.reached for r in preset))
+
+
+def promotion_row(label: str, found: Promotion) -> str:
+    """| lever | median gain | same-seed pairs won | CT contrast reached | promoted |"""
+    return (f"| {label} | {found.median_gain:+.1f} | {found.pairs_won} of {found.pairs} | "
+            f"{found.reached} (preset {found.reached_preset}) | {'yes' if found.promoted else 'no'} |")
