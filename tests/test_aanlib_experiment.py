@@ -291,6 +291,17 @@ def test_seeds_judges_each_lever_against_the_preset_by_the_promotion_rule(tmp_pa
     assert "preset's seeds: 1 runs against 3" in capsys.readouterr().err
 
 
+def test_flops_counts_a_training_step_and_scales_with_the_slice_area(capsys):
+    from experiments.aanlib.train import step_gflop
+
+    tiny = ["model.ngf=4", "model.ndf=4", "model.blocks=1", "train.device=cpu"]
+    small, large = (step_gflop("cyclegan", tiny + [f"data.size={n}"]) for n in (32, 64))
+    assert 3.5 < large / small < 4.5  # convolutions: FLOPs follow the pixel count
+    assert step_gflop("cyclegan", tiny + ["data.size=32"], with_pairs=True) > small  # plus G on the pair
+    assert main(["flops", "--model", "pix2pix", "--with-pairs"]) == 2
+    assert "for the semi-supervised cyclegan, not pix2pix" in capsys.readouterr().err
+
+
 def test_the_committed_ledger_has_the_ledger_columns():
     with open(ledger.LEDGER, newline="") as fh:
         assert tuple(next(csv.reader(fh))) == ledger.COLUMNS

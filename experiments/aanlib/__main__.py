@@ -51,6 +51,13 @@ def cmd_train(args) -> int:
                      args.minutes, args.steps, restarts, args.overwrite, patients)
 
 
+def cmd_flops(args) -> None:
+    from experiments.aanlib.train import step_gflop
+
+    name = "semi-supervised cyclegan" if args.with_pairs else args.model
+    print(f"{name}: {step_gflop(args.model, args.overrides, args.with_pairs):.1f} GFLOP per training step")
+
+
 def run_name(args) -> str:
     """<model>[_pairs-<patients>][_seed<N>]: the default run folder's name."""
     pairs = f"_pairs-{args.paired_patients.replace(',', '-')}" if args.paired_patients else ""
@@ -185,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the independent MR and CT shuffles")
     command("baselines", cmd_baselines, "score MR-as-CT, histogram matching and constant baselines")
     _add_train_options(command("train", cmd_train, "train a preset on the prepared folders"))
+    p = command("flops", cmd_flops, "the GFLOP of one training step of a model's preset (fp32, counted by torch)")
+    p.add_argument("--model", choices=("cyclegan", "pix2pix", "reggan", "regression"), default="cyclegan")
+    p.add_argument("--with-pairs", action="store_true", help="a semi-supervised cyclegan step (adds a paired batch)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set data.size=128 (repeatable)")
     p = command("evaluate", cmd_evaluate, "translate the scored MR slices with a run's generator and score them")
     _add_scoring_options(p, "run folder or generator .safetensors")
     p.add_argument("--out", type=Path, help="result JSON (default WORK/results/<run>[_tta-flip][_mask-auto].json)")

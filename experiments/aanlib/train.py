@@ -102,3 +102,33 @@ def train_run(work: Path, model: str, run_dir: Path, overrides: list[str], minut
     if restarts:
         return train_with_restarts(cfg, run_dir, *restarts, overwrite=overwrite).exit_code
     return train(cfg, run_dir, overwrite=overwrite).exit_code
+
+
+def step_gflop(model: str, overrides: list[str], with_pairs: bool = False) -> float:
+    """The GFLOP of one fp32 training step of ``model``'s preset with ``overrides``, counted by
+    torch's FLOP counter on a random batch (``with_pairs``: a semi-supervised step, which adds a
+    paired batch). Independent of the machine, unlike its seconds."""
+    import torch
+
+    from synthct.config import apply_overrides
+    from synthct.engine import load_run_config
+    from synthct.engine.trainer import Trainer, seed_everything
+    from synthct.measure import count_flops
+    from synthct.models import build_model
+    from synthct.runtime import resolve_precision
+
+    preset, model_overrides = PRESETS[model]
+    cfg = apply_overrides(load_run_config(preset), model_overrides + overrides)
+    if with_pairs and model != "cyclegan":
+        raise SynthctError(f"pairs beside unpaired data are for the semi-supervised cyclegan, not {model}")
+    cpu = torch.device("cpu")
+    seed_everything(0)
+    k, size = cfg.data.slices, cfg.data.size
+    trainer = Trainer(build_model(cfg.model, k, k), cfg, total_steps=cfg.train.steps or 1000, device=cpu,
+                      precision=resolve_precision("fp32", cpu))
+    names = ("mr", "ct") + (("mr_pair", "ct_pair") if with_pairs else ())
+    draw = torch.Generator().manual_seed(0)
+    batch = {name: torch.rand(cfg.train.batch_size, k, size, size, generator=draw) * 2 - 1 for name in names}
+    if cfg.model.body_masked:
+        batch |= {name: torch.ones(cfg.train.batch_size, k, size, size) for name in ("mr_body", "ct_body")}
+    return count_flops(lambda: trainer.step(batch)) / 1e9
