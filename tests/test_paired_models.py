@@ -86,6 +86,19 @@ def test_regression_trains_without_discriminators(phantoms, tmp_path):
     assert "opt_d" not in state and state["opt_g"]["state"]  # the generator's Adam stepped
 
 
+@pytest.mark.parametrize("variant", ["cyclegan_pairs", "reggan"])
+def test_the_health_check_does_not_judge_discriminators_when_pairs_steer_the_generator(phantoms, tmp_path, variant):
+    import json
+
+    cfg = variant_config(phantoms, variant, steps=4)
+    cfg.train.checkpoint_every = 2
+    train(cfg, tmp_path / "run", quiet=True)
+    checks = json.loads((tmp_path / "run" / "health.json").read_text())["checks"]
+    assert [c["step"] for c in checks] == [2, 4]
+    for check in checks:  # judged on its translations alone (unpaired runs: test_health)
+        assert "discriminators_at_chance" not in check["evidence"] and "mr_order" in check["evidence"]
+
+
 def test_paired_cases_are_recorded_and_other_pairs_refused_on_resume(phantoms, tmp_path):
     cfg = variant_config(phantoms, "cyclegan_pairs", steps=4, stop_at_step=2)
     train(cfg, tmp_path / "run", quiet=True)

@@ -23,6 +23,7 @@ from synthct.errors import SynthctError
 from synthct.eval.health import (HEALTH_FILE, SAMPLE_SEED, SAMPLE_SLICES, HealthSample, body_from_image,
                                  check_health, discriminator_evidence, read_health)
 from synthct.io.atomic import atomic_write_text
+from synthct.models import model_class
 
 if TYPE_CHECKING:
     from synthct.engine.trainer import Run, StepOutput
@@ -251,9 +252,13 @@ class HealthCheck(Callback):
 
     def check(self, run: Run) -> None:
         step = run.trainer.step_index
+        # With pairs an L1 term ties the generator to the real CT, and discriminators at chance no
+        # longer mean a failed game: both semi-supervised runs on the real scans sat there while in
+        # the CT's contrast. The discriminator signal judges unpaired training only.
+        unpaired = not (model_class(run.cfg.model.name).needs_pairs or run.cfg.data.paired or run.cfg.data.pairs)
         verdict = check_health(run.trainer.export_generators(), self.sample, step,
                                air_outside=run.cfg.model.body_masked,
-                               discriminators=self._discriminators(step, run.cfg.model.gan_mode))
+                               discriminators=self._discriminators(step, run.cfg.model.gan_mode) if unpaired else None)
         run.log.say(verdict.line())
         self.checks.append(verdict.to_dict())
         atomic_write_text(run.run_dir / HEALTH_FILE, json.dumps({"checks": self.checks}, indent=2) + "\n")
