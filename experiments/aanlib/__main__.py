@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from synthct.engine.restarts import DEFAULT_CHECK_STEPS, DEFAULT_THRESHOLD
 from synthct.errors import SynthctError
 from synthct.io.atomic import atomic_write_text
@@ -56,6 +58,19 @@ def cmd_flops(args) -> None:
 
     name = "semi-supervised cyclegan" if args.with_pairs else args.model
     print(f"{name}: {step_gflop(args.model, args.overrides, args.with_pairs):.1f} GFLOP per training step")
+
+
+def cmd_fields(args) -> None:
+    from experiments.aanlib.fields import run_fields
+
+    rows = run_fields(args.run, args.work, args.every)
+    median = {key: float(np.median([r[key] for r in rows])) for key in rows[0]}
+    text = f"{args.run.name}, {len(rows)} training pairs, medians over slices: head L1 of G(mr) to the CT " \
+           f"{median['l1_to_ct']:.1f} grey levels"
+    if "field_mean_px" in median:
+        text += (f", to the warped CT {median['l1_to_warped_ct']:.1f}; displacement {median['field_mean_px']:.2f} px "
+                 f"mean, {median['field_p95_px']:.2f} px 95th percentile in the head")
+    print(text)
 
 
 def run_name(args) -> str:
@@ -197,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-pairs", action="store_true", help="a semi-supervised cyclegan step (adds a paired batch)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set data.size=128 (repeatable)")
+    p = command("fields", cmd_fields, "a paired run's L1 to the CT on its own training pairs; for RegGAN also to the "
+                "warped CT, and its displacement fields")
+    p.add_argument("--run", type=Path, required=True, help="RegGAN, pix2pix or regression run folder (its last "
+                   "checkpoint is read)")
+    p.add_argument("--every", type=int, default=1, help="use every N-th training pair (default 1: all)")
     p = command("evaluate", cmd_evaluate, "translate the scored MR slices with a run's generator and score them")
     _add_scoring_options(p, "run folder or generator .safetensors")
     p.add_argument("--out", type=Path, help="result JSON (default WORK/results/<run>[_tta-flip][_mask-auto].json)")

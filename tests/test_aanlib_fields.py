@@ -1,0 +1,48 @@
+"""experiments.aanlib fields: a RegGAN run's displacement fields on its training pairs."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from synthct.errors import SynthctError
+from synthct.models.registration import Registration
+
+from experiments.aanlib.fields import field_statistics, run_fields
+
+
+class ConstantField(nn.Module):
+    def forward(self, moving, fixed):
+        phi = torch.zeros(moving.shape[0], 2, *moving.shape[2:])
+        phi[:, 0], phi[:, 1] = 3.0, 4.0  # x then y, in pixels: a 5-pixel shift everywhere
+        return phi
+
+
+class Stub(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.G = nn.Identity()
+        self.registration = Registration(1, lambda_corr=20.0, lambda_smooth=10.0)
+        self.registration.R = ConstantField()
+
+
+def test_field_lengths_and_the_two_l1_terms_are_measured_inside_the_head():
+    yy, xx = np.mgrid[:32, :32]
+    ct = np.where((yy - 16) ** 2 + (xx - 16) ** 2 < 100, 0.5, -1.0).astype(np.float32)  # a disc
+    rows = field_statistics(Stub(), [(ct, ct)])  # G is the identity and MR = CT: G(mr) is the CT
+    assert rows[0]["field_mean_px"] == pytest.approx(5.0) and rows[0]["field_p95_px"] == pytest.approx(5.0)
+    assert rows[0]["l1_to_ct"] == 0.0
+    assert rows[0]["l1_to_warped_ct"] > 10.0  # the shifted disc misses the disc
+    plain = Stub()
+    plain.registration = None  # pix2pix, regression: the L1 to the CT alone
+    assert field_statistics(plain, [(ct, ct)]) == [{"l1_to_ct": 0.0}]
+
+
+def test_only_reggan_runs_are_read(tmp_path):
+    from synthct.config import RunConfig, config_to_yaml
+
+    with pytest.raises(SynthctError, match="no config.yaml"):
+        run_fields(tmp_path, tmp_path)
+    (tmp_path / "config.yaml").write_text(config_to_yaml(RunConfig()))
+    with pytest.raises(SynthctError, match="a paired run .* this one trained cyclegan"):
+        run_fields(tmp_path, tmp_path)
