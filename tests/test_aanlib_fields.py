@@ -31,6 +31,7 @@ def test_field_lengths_and_the_two_l1_terms_are_measured_inside_the_head():
     ct = np.where((yy - 16) ** 2 + (xx - 16) ** 2 < 100, 0.5, -1.0).astype(np.float32)  # a disc
     rows = field_statistics(Stub(), [(ct, ct)])  # G is the identity and MR = CT: G(mr) is the CT
     assert rows[0]["field_mean_px"] == pytest.approx(5.0) and rows[0]["field_p95_px"] == pytest.approx(5.0)
+    assert rows[0]["shift_x_px"] == pytest.approx(3.0) and rows[0]["shift_y_px"] == pytest.approx(4.0)
     assert rows[0]["l1_to_ct"] == 0.0
     assert rows[0]["l1_to_warped_ct"] > 10.0  # the shifted disc misses the disc
     plain = Stub()

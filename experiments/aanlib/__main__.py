@@ -69,7 +69,8 @@ def cmd_fields(args) -> None:
            f"{median['l1_to_ct']:.1f} grey levels"
     if "field_mean_px" in median:
         text += (f", to the warped CT {median['l1_to_warped_ct']:.1f}; displacement {median['field_mean_px']:.2f} px "
-                 f"mean, {median['field_p95_px']:.2f} px 95th percentile in the head")
+                 f"mean, {median['field_p95_px']:.2f} px 95th percentile in the head, average vector "
+                 f"({median['shift_x_px']:+.2f}, {median['shift_y_px']:+.2f}) px (x, y)")
     print(text)
 
 

@@ -26,7 +26,7 @@ def head_of(mr: np.ndarray, ct: np.ndarray) -> np.ndarray:
 def field_statistics(model, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[dict]:
     """Per pair (MR, CT as (H, W) arrays in [-1, 1]): the head's L1 in grey levels of G(mr) to the
     CT and, for a model with a registration network, to the warped CT, with the field's mean and
-    95th-percentile length in pixels inside the head."""
+    95th-percentile length and its average vector (x, y) in pixels inside the head."""
     import torch
 
     rows = []
@@ -40,7 +40,9 @@ def field_statistics(model, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[
                 _, phi, warped = model.registration(fake, ct_t)
                 length = phi[0].float().pow(2).sum(0).sqrt()[head]
                 row |= {"l1_to_warped_ct": float((fake - warped).abs()[0, 0][head].mean()) * GREY_PER_UNIT,
-                        "field_mean_px": float(length.mean()), "field_p95_px": float(length.quantile(0.95))}
+                        "field_mean_px": float(length.mean()), "field_p95_px": float(length.quantile(0.95)),
+                        # the field's average vector: a global shift, which no smoothness term sees
+                        "shift_x_px": float(phi[0, 0][head].mean()), "shift_y_px": float(phi[0, 1][head].mean())}
             rows.append(row)
     return rows
 
