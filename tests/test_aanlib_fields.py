@@ -42,6 +42,8 @@ def test_field_lengths_and_the_two_l1_terms_are_measured_inside_the_head():
 def test_only_reggan_runs_are_read(tmp_path):
     from synthct.config import RunConfig, config_to_yaml
 
+    with pytest.raises(SynthctError, match="--every must be at least 1"):
+        run_fields(tmp_path, tmp_path, every=0)
     with pytest.raises(SynthctError, match="no config.yaml"):
         run_fields(tmp_path, tmp_path)
     (tmp_path / "config.yaml").write_text(config_to_yaml(RunConfig()))

@@ -57,6 +57,8 @@ def run_fields(run: Path, work: Path, every: int = 1) -> list[dict]:
     from synthct.models import build_model
 
     run = Path(run)
+    if every < 1:
+        raise SynthctError(f"--every must be at least 1, got {every}")
     if not (run / "config.yaml").is_file():
         raise SynthctError("not a run folder (no config.yaml)", run)
     cfg = load_run_config(run / "config.yaml")
