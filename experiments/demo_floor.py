@@ -6,9 +6,10 @@ three references scored exactly like the demo (MAE inside the body of the held-o
 * the best map from MR grey level to HU that ignores context: each grey level's median HU over the
   true pairs of the training MR cases (MR scaled by its 0.5-99.5 percentiles inside the body);
 * the demo's generator trained with those true pairs (L1 only, no adversary, no cycle), for the
-  demo's step budget and for four times it: what the budget allows a model that is told the answer.
+  demo's step budget and for four times it: what the budget allows a model that is told the answer
+  (``--set`` changes that generator or its training, e.g. ``--set model.generator=unet``).
 
-    python -m experiments.demo_floor [--steps 400 1600] [--threads 1] [--overwrite]
+    python -m experiments.demo_floor [--steps 400 1600] [--threads 1] [--set KEY=VALUE ...] [--overwrite]
 
 Outputs go to runs/demo_floor/ (ignored).
 """
@@ -85,7 +86,8 @@ def _score(sct: Path, test: Path) -> tuple[float, float]:
     return metrics["mae"]["mean"], metrics["bone_dice"]["mean"]
 
 
-def floors(out: Path, steps: list[int], precision: str, threads: int | None = None) -> list[dict]:
+def floors(out: Path, steps: list[int], precision: str, threads: int | None = None,
+           overrides: tuple[str, ...] = ()) -> list[dict]:
     from synthct.config import RunConfig, apply_overrides
     from synthct.data.phantom import CT_HU_RANGES, _mix, _tissue_probabilities, phantom_labels
     from synthct.demo import DemoSettings, _prepare_data, _translate_cases
@@ -123,10 +125,10 @@ def floors(out: Path, steps: list[int], precision: str, threads: int | None = No
             f"data.root={pairs}", "data.paired=true", f"data.size={s.size}", f"data.slices={s.slices}",
             "model.name=regression", "model.generator=resnet", f"model.ngf={s.ngf}", f"model.blocks={s.blocks}",
             f"train.steps={n}", f"train.seed={s.seed}", f"train.precision={precision}", "train.sample_every=0",
-            "train.checkpoint_every=0"] + ([f"train.threads={threads}"] if threads else []))
+            "train.checkpoint_every=0"] + ([f"train.threads={threads}"] if threads else []) + list(overrides))
         result = train(cfg, out / f"run_l1_{n}")
         _translate_cases(result.generators["mr2ct"], test, out / f"sct_l1_{n}", precision, lambda *_: None)
-        rows.append({"reference": "the demo's generator, L1 on the true pairs", "steps": n,
+        rows.append({"reference": "the demo's generator, L1 on the true pairs", "steps": n, "options": list(overrides),
                      **dict(zip(("mae", "bone_dice"), _score(out / f"sct_l1_{n}", test)))})
     return rows
 
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="*", default=[400, 1600])
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--threads", type=int, help="torch threads of the trainings (default: all cores)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the L1-trained generator's config, as `synthct train --set`")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run of this script in --out")
     args = parser.parse_args(argv)
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.overwrite:
                 raise SynthctError("output folder is not empty; pass --overwrite to replace it", args.out)
             shutil.rmtree(args.out)
-        rows = floors(args.out, args.steps, args.precision, args.threads)
+        rows = floors(args.out, args.steps, args.precision, args.threads, tuple(args.overrides))
     except SynthctError as exc:
         print(f"experiments.demo_floor: error: {exc}", file=sys.stderr)
         return 2

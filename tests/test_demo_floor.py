@@ -32,3 +32,20 @@ def test_the_floors_order_and_refuse_to_overwrite(tmp_path, capsys):
     assert anatomy["mae"] < lookup["mae"] < 200
     assert demo_floor.main(["--steps", "--out", str(out)]) == 2
     assert "not empty; pass --overwrite" in capsys.readouterr().err
+
+
+def test_set_options_reach_the_l1_trained_generator(tmp_path):
+    from synthct.engine import load_run_config
+
+    out = tmp_path / "floor"
+    assert demo_floor.main(["--steps", "2", "--precision", "fp32", "--threads", "1", "--out", str(out),
+                            "--set", "model.generator=unet", "--set", "model.unet_downs=5"]) == 0
+    trained = json.loads((out / "rows.json").read_text())[-1]
+    assert trained["steps"] == 2 and trained["options"] == ["model.generator=unet", "model.unet_downs=5"]
+    assert load_run_config(out / "run_l1_2" / "config.yaml").model.generator == "unet"
+
+
+def test_an_unknown_option_is_a_one_line_error(tmp_path, capsys):
+    assert demo_floor.main(["--steps", "2", "--out", str(tmp_path / "floor"), "--set", "model.no_such=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("experiments.demo_floor: error:") and err.count("\n") == 1
