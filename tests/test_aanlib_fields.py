@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from synthct.errors import SynthctError
-from synthct.models.registration import Registration
+from synthct.models.registration import Registration, warp
 
 from experiments.aanlib.fields import field_statistics, run_fields
 
@@ -37,6 +37,26 @@ def test_field_lengths_and_the_two_l1_terms_are_measured_inside_the_head():
     plain = Stub()
     plain.registration = None  # pix2pix, regression: the L1 to the CT alone
     assert field_statistics(plain, [(ct, ct)]) == [{"l1_to_ct": 0.0}]
+
+
+class DrawsOffByTheField(nn.Module):
+    """A generator that copies the MR but draws it where the constant field moves the CT to."""
+
+    def forward(self, mr):
+        return warp(mr, ConstantField()(mr, mr))
+
+
+def test_moving_the_translation_back_by_the_field_undoes_a_shifted_generator():
+    yy, xx = np.mgrid[:32, :32]
+    ct = np.where((yy - 16) ** 2 + (xx - 16) ** 2 < 100, 0.5, -1.0).astype(np.float32)
+    model = Stub()
+    model.G = DrawsOffByTheField()
+    row = field_statistics(model, [(ct, ct)])[0]
+    assert row["l1_to_warped_ct"] == pytest.approx(0.0, abs=1e-4)  # R follows the generator's drift
+    assert row["l1_to_ct"] > 10.0
+    assert row["field_beyond_shift_px"] == pytest.approx(0.0, abs=1e-6)  # the field is one shift
+    assert row["l1_shifted_back"] == pytest.approx(0.0, abs=1e-4)
+    assert row["l1_warped_back"] == pytest.approx(0.0, abs=1e-4)
 
 
 def test_only_reggan_runs_are_read(tmp_path):

@@ -70,7 +70,9 @@ def cmd_fields(args) -> None:
     if "field_mean_px" in median:
         text += (f", to the warped CT {median['l1_to_warped_ct']:.1f}; displacement {median['field_mean_px']:.2f} px "
                  f"mean, {median['field_p95_px']:.2f} px 95th percentile in the head, average vector "
-                 f"({median['shift_x_px']:+.2f}, {median['shift_y_px']:+.2f}) px (x, y)")
+                 f"({median['shift_x_px']:+.2f}, {median['shift_y_px']:+.2f}) px (x, y) and "
+                 f"{median['field_beyond_shift_px']:.2f} px beyond it; G(mr) moved back by that vector "
+                 f"{median['l1_shifted_back']:.1f} from the CT, by the whole field {median['l1_warped_back']:.1f}")
     print(text)
 
 

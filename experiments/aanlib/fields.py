@@ -1,8 +1,10 @@
 """What a RegGAN run's registration network does on its own training pairs: the size of the
 displacement field it predicts between the translation and the real CT, and the L1 that the
 generator is trained on (to the warped CT) beside the L1 to the CT itself. On pairs that are
-already registered a large field means the registration absorbs the generator's errors. For
-pix2pix and the regression, which have no registration, the L1 to the CT alone, for comparison.
+already registered a large field means the registration absorbs the generator's errors; moving
+the translation back by the field (its average vector alone, or the whole field) shows how much of
+the translation's distance to the CT is displacement. For pix2pix and the regression, which have
+no registration, the L1 to the CT alone, for comparison.
 
 Training data only: the pairs the run learnt from, never the scored split.
 """
@@ -25,9 +27,13 @@ def head_of(mr: np.ndarray, ct: np.ndarray) -> np.ndarray:
 
 def field_statistics(model, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[dict]:
     """Per pair (MR, CT as (H, W) arrays in [-1, 1]): the head's L1 in grey levels of G(mr) to the
-    CT and, for a model with a registration network, to the warped CT, with the field's mean and
-    95th-percentile length and its average vector (x, y) in pixels inside the head."""
+    CT and, for a model with a registration network, to the warped CT; the field's mean and
+    95th-percentile length, its average vector (x, y) and the mean length of what is left of it
+    beyond that vector, in pixels inside the head; and the L1 to the CT of G(mr) moved back by the
+    average vector and by the whole field (to first order, the warp by -phi)."""
     import torch
+
+    from synthct.models.registration import warp
 
     rows = []
     with torch.no_grad():
@@ -38,11 +44,20 @@ def field_statistics(model, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[
             row = {"l1_to_ct": float((fake - ct_t).abs()[0, 0][head].mean()) * GREY_PER_UNIT}
             if getattr(model, "registration", None) is not None:
                 _, phi, warped = model.registration(fake, ct_t)
-                length = phi[0].float().pow(2).sum(0).sqrt()[head]
+                phi = phi.float()
+                length = phi[0].pow(2).sum(0).sqrt()[head]
+                shift = phi[0][:, head].mean(1)  # a global shift, which no smoothness term sees
+                rest = (phi[0][:, head] - shift[:, None]).pow(2).sum(0).sqrt()
+                # R moved the CT's content by -phi onto the translation: moving the translation by
+                # +phi (sampling it at p - phi) brings it back onto the CT
+                by_shift = warp(fake, -shift[None, :, None, None].expand_as(phi).contiguous())
+                by_field = warp(fake, -phi)
                 row |= {"l1_to_warped_ct": float((fake - warped).abs()[0, 0][head].mean()) * GREY_PER_UNIT,
                         "field_mean_px": float(length.mean()), "field_p95_px": float(length.quantile(0.95)),
-                        # the field's average vector: a global shift, which no smoothness term sees
-                        "shift_x_px": float(phi[0, 0][head].mean()), "shift_y_px": float(phi[0, 1][head].mean())}
+                        "shift_x_px": float(shift[0]), "shift_y_px": float(shift[1]),
+                        "field_beyond_shift_px": float(rest.mean()),
+                        "l1_shifted_back": float((by_shift - ct_t).abs()[0, 0][head].mean()) * GREY_PER_UNIT,
+                        "l1_warped_back": float((by_field - ct_t).abs()[0, 0][head].mean()) * GREY_PER_UNIT}
             rows.append(row)
     return rows
 
