@@ -7,12 +7,12 @@ blur away the misalignment. The objective (the paper's Eq. 7, its "NC+R" mode):
       + lambda_smooth * |grad R(G(mr), ct)|^2                (Eq. 6, "smooth")
       + L_GAN(G, D)                                           (an unconditional PatchGAN on CT)
 
+with the paper's weights lambda_corr = 20, lambda_smooth = 10. R trains with G (the generator
+optimiser); the exported translator is G alone.
+
 The paper's Eq. 5 warps the other way, the translation onto the CT: |ct - T(G(mr), R(G(mr), ct))|_1.
 Warping the CT keeps the generator's output unresampled; either way a global shift shared by G
 and R costs nothing.
-
-with the paper's weights lambda_corr = 20, lambda_smooth = 10. R trains with G (the generator
-optimiser); the exported translator is G alone.
 """
 
 from __future__ import annotations
