@@ -18,6 +18,20 @@ and the discriminators judge only patches inside the body (each patch weighted b
 fraction). A PatchGAN's small receptive field cannot tell a dark head from the black background
 around it, so an unmasked generator can render the brain black and the air grey and still look
 real patch by patch; judged inside the body only, a black brain is an obvious fake.
+
+Three stabilisers of GANs on little data, each off by default:
+
+* DiffAugment (``model.diffaugment``; Zhao et al. 2020): every discriminator input, real and
+  fake, in both adversarial terms, is a random differentiable augmentation T of it
+  (models/diffaugment.py: brightness, contrast, translation, cutout):
+  L_GAN(G, D_ct) = E[(D_ct(T(G(mr))) - 1)^2] (LSGAN), and D_ct judges T(ct) against T(fake).
+* R1 (``model.r1_gamma`` = gamma > 0; Mescheder et al. 2018): each discriminator's objective
+  gains gamma / 2 * E|grad_x D(x)|^2 on its real inputs x (after T when augmented), inside the
+  reference's halving: L_D = 0.5 * (L_real + L_fake + gamma / 2 * R1) (models/losses.r1_penalty,
+  per patch of the PatchGAN).
+* Spectral normalisation (``model.spectral_norm``; Miyato et al. 2018): every convolution of
+  D_ct and D_mr uses W / sigma(W) (models/discriminator.spectrally_normalised); the objective is
+  unchanged and the generators, which are what training exports, are untouched.
 """
 
 from __future__ import annotations
@@ -31,18 +45,19 @@ from torch.nn.functional import l1_loss
 from synthct.config import ModelConfig
 from synthct.models.base import DISCRIMINATOR_OPTIONS, GENERATOR_OPTIONS, TranslationModel
 from synthct.models.common import centre_channel, init_weights, set_requires_grad
-from synthct.models.discriminator import PatchDiscriminator
+from synthct.models.diffaugment import diff_augment
+from synthct.models.discriminator import PatchDiscriminator, spectrally_normalised
 from synthct.models.generators import build_generator
 from synthct.models.losses import GANLoss, build_structure_loss
 from synthct.models.pool import ImagePool
 from synthct.models.registration import Registration
-from synthct.models.shared import adversarial, batched, discriminator_objective, in_body, new_pool_seed
+from synthct.models.shared import adversarial, batched, discriminator_terms, in_body, new_pool_seed
 
 
 class CycleGAN(TranslationModel):
     options = GENERATOR_OPTIONS + DISCRIMINATOR_OPTIONS + (
         "lambda_cycle", "lambda_identity", "lambda_struct", "struct_loss", "body_masked", "cycle_noise",
-        "lambda_pair", "register", "lambda_smooth")
+        "lambda_pair", "register", "lambda_smooth", "diffaugment", "r1_gamma", "spectral_norm")
     uses_pairs = True
 
     def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int):
@@ -60,6 +75,9 @@ class CycleGAN(TranslationModel):
         self.D_mr = PatchDiscriminator(in_channels, cfg.ndf, cfg.d_layers)
         for net in (self.G, self.F, self.D_ct, self.D_mr):
             init_weights(net, 0.02)
+        if cfg.spectral_norm:  # after the initialisation, which writes the weights it normalises
+            for net in (self.D_ct, self.D_mr):
+                spectrally_normalised(net)
         self.gan = GANLoss(cfg.gan_mode)
         self.structure = build_structure_loss(cfg.struct_loss) if cfg.lambda_struct > 0 else None
         self.lambda_cycle = cfg.lambda_cycle
@@ -67,6 +85,8 @@ class CycleGAN(TranslationModel):
         self.lambda_struct = cfg.lambda_struct
         self.cycle_noise = cfg.cycle_noise
         self.body_masked = cfg.body_masked
+        self.diffaugment = cfg.diffaugment
+        self.r1_gamma = cfg.r1_gamma
         self.lambda_pair = cfg.lambda_pair
         self.registration = Registration(out_channels, cfg.lambda_pair, cfg.lambda_smooth) if cfg.register else None
         self.pool_ct = ImagePool(cfg.pool_size, seed=new_pool_seed())
@@ -104,12 +124,14 @@ class CycleGAN(TranslationModel):
             fake_mr, rec_mr = batched(self.F, real_ct, self.noisy(fake_ct))
         fake_mr, rec_mr = in_body(fake_mr, ct_body), in_body(rec_mr, mr_body)
         rec_ct = in_body(self.G(self.noisy(fake_mr)), ct_body)
-        pred_ct, pred_mr = self.D_ct(fake_ct), self.D_mr(fake_mr)
+        judged_ct, judged_mr_body = self.augmented(fake_ct, mr_body)  # T(G(mr)) with DiffAugment
+        judged_mr, judged_ct_body = self.augmented(fake_mr, ct_body)
+        pred_ct, pred_mr = self.D_ct(judged_ct), self.D_mr(judged_mr)
 
         lam = self.lambda_cycle
         terms = {
-            "G_gan": adversarial(self.gan, pred_ct, True, False, mr_body),  # L_GAN(G, D_ct)
-            "F_gan": adversarial(self.gan, pred_mr, True, False, ct_body),  # L_GAN(F, D_mr)
+            "G_gan": adversarial(self.gan, pred_ct, True, False, judged_mr_body),  # L_GAN(G, D_ct)
+            "F_gan": adversarial(self.gan, pred_mr, True, False, judged_ct_body),  # L_GAN(F, D_mr)
             "cycle_mr": lam * l1_loss(rec_mr.float(), real_mr.float()),             # |F(G(mr)) - mr|
             "cycle_ct": lam * l1_loss(rec_ct.float(), real_ct.float()),             # |G(F(ct)) - ct|
         }
@@ -141,18 +163,36 @@ class CycleGAN(TranslationModel):
             return translation
         return translation + self.cycle_noise * torch.randn_like(translation)
 
+    def augmented(self, image: Tensor, body: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """What a discriminator judges of ``image`` (and the body mask that weighs its patches):
+        with model.diffaugment a fresh random augmentation T(image), else the image itself."""
+        return diff_augment(image, body) if self.diffaugment else (image, body)
+
     def discriminator_loss(self, batch: dict[str, Tensor], cache: dict) -> tuple[Tensor, dict[str, Tensor]]:
         set_requires_grad([self.D_ct, self.D_mr], True)
         mr_body, ct_body = self.bodies(batch)
         if not self.body_masked:
-            loss_ct = discriminator_objective(self.gan, self.D_ct, batch["ct"], self.pool_ct.query(cache["fake_ct"]))
-            loss_mr = discriminator_objective(self.gan, self.D_mr, batch["mr"], self.pool_mr.query(cache["fake_mr"]))
+            fake_ct, fake_ct_body = self.pool_ct.query(cache["fake_ct"]), None
+            fake_mr, fake_mr_body = self.pool_mr.query(cache["fake_mr"]), None
         else:  # a pooled fake keeps its source's body mask as an extra channel
             fake_ct, fake_ct_body = self._query(self.pool_ct, cache["fake_ct"], cache["mr_body"])
             fake_mr, fake_mr_body = self._query(self.pool_mr, cache["fake_mr"], cache["ct_body"])
-            loss_ct = discriminator_objective(self.gan, self.D_ct, batch["ct"], fake_ct, ct_body, fake_ct_body)
-            loss_mr = discriminator_objective(self.gan, self.D_mr, batch["mr"], fake_mr, mr_body, fake_mr_body)
-        return loss_ct + loss_mr, {"D_ct": loss_ct.detach(), "D_mr": loss_mr.detach()}
+        terms = (self._judge(self.D_ct, "ct", batch["ct"], fake_ct, ct_body, fake_ct_body)
+                 | self._judge(self.D_mr, "mr", batch["mr"], fake_mr, mr_body, fake_mr_body))
+        loss = terms["D_ct"] + terms["D_mr"]
+        if self.r1_gamma:
+            loss = loss + terms["R1_ct"] + terms["R1_mr"]
+        return loss, {name: value.detach() for name, value in terms.items()}
+
+    def _judge(self, D: nn.Module, domain: str, real: Tensor, fake: Tensor, real_body: Tensor | None,
+               fake_body: Tensor | None) -> dict[str, Tensor]:
+        """D_<domain>: 0.5 * (L_GAN(D(T(real)), real) + L_GAN(D(T(fake)), fake)); R1_<domain>:
+        0.5 * gamma / 2 * E|grad D(T(real))|^2 with model.r1_gamma (T the identity without
+        DiffAugment). The health check reads D_* as the GAN terms alone."""
+        real, real_body = self.augmented(real, real_body)
+        fake, fake_body = self.augmented(fake, fake_body)
+        loss, r1 = discriminator_terms(self.gan, D, real, fake, real_body, fake_body, self.r1_gamma)
+        return {f"D_{domain}": loss} | ({f"R1_{domain}": r1} if r1 is not None else {})
 
     def bodies(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """(MR body, CT body) masks of the batch when body-masked, else (None, None)."""
