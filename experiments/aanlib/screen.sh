@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The limited-data levers' screening fixed in docs/RESULTS.md ("The unpaired recipe: rules fixed
+# before its runs"): the aanlib_cyclegan preset and each lever alone on it, 128 x 128 slices, 3,000
+# steps, seeds 0-2, trained on the validation fold; then the promotion table. Runs go through
+# queue.sh, so the screening may be stopped and started again at any time.
+#
+#   python -m experiments.aanlib prepare --fold validation      # once
+#   bash experiments/aanlib/screen.sh                            # two cores: two queues of one thread
+#   JOBS=18 DEVICE=cuda bash experiments/aanlib/screen.sh        # a lent GPU, every run at once
+#                                                                # (carry runs/aanlib/validation)
+set -u
+JOBS=${JOBS:-2}
+DEVICE=${DEVICE:-cpu}
+SEEDS=${SEEDS:-0 1 2}
+PREFIX=screen128
+W=${WORK:-runs/aanlib/validation}
+export WORK=$W
+if [ "$DEVICE" = cuda ]; then
+    source benchmarks/gpu_setup.sh
+    export PY=python3
+fi
+PY=${PY:-python}
+variants=(
+    "preset|"
+    "diffaugment|--set model.diffaugment=true"
+    "r1|--set model.r1_gamma=10"
+    "spectral_norm|--set model.spectral_norm=true"
+    "cycle_noise|--set model.cycle_noise=0.1"
+    "mind|--set model.lambda_struct=5"
+)
+
+# Seed by seed, so that a screening stopped early holds whole same-seed comparisons.
+jobs=()
+for seed in $SEEDS; do
+    for variant in "${variants[@]}"; do jobs+=("$seed|$variant"); done
+done
+
+lane() {  # every JOBS-th job from $1 on, one after another
+    local i job seed name sets
+    for ((i = $1; i < ${#jobs[@]}; i += JOBS)); do
+        IFS='|' read -r seed name sets <<< "${jobs[$i]}"
+        FOLD=validation NAME=$PREFIX-$name DEFAULTS=1 \
+            EXTRA="--set data.size=128 --set train.device=$DEVICE $sets" \
+            bash experiments/aanlib/queue.sh "cyclegan:$seed" || return $?
+    done
+}
+for ((l = 0; l < JOBS; l++)); do lane "$l" > "$W/$PREFIX-lane$l.log" 2>&1 & done
+wait
+
+recipes=()
+for variant in "${variants[@]}"; do
+    name=${variant%%|*}
+    runs=$(for seed in $SEEDS; do printf '%s,' "$PREFIX-${name}_seed$seed"; done)
+    recipes+=(--recipe "$name=${runs%,}")
+done
+$PY -m experiments.aanlib seeds --work "$W" "${recipes[@]}" --against preset --tta flip --mask auto \
+    | tee "$W/results/$PREFIX.md"
+if [ -n "${OUT:-}" ]; then  # a lent machine: bring back the scores, logs and health verdicts
+    cp "$W/results/$PREFIX"* "$W/$PREFIX"-lane*.log "$OUT"/
+    for run in "$W"/runs/"$PREFIX"-*; do
+        mkdir -p "$OUT/$(basename "$run")"
+        cp "$run"/{health.json,log.csv,config.yaml} "$OUT/$(basename "$run")"/ 2>/dev/null
+    done
+fi
