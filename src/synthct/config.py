@@ -73,12 +73,8 @@ class ModelConfig:
                                       "the body only")
     cycle_noise: float = option(0.0, "std of Gaussian noise added to a translation before it is translated back "
                                      "(against hidden codes); 0 = off")
-    diffaugment: bool = option(False, "DiffAugment (Zhao et al. 2020): brightness, contrast, translation by 1/8 and "
-                                      "cutout of 1/2 of every discriminator input, real and fake")
     r1_gamma: float = option(0.0, "R1 penalty gamma / 2 * E|grad D(real)|^2 per PatchGAN patch, beside the GAN terms "
                                   "inside each discriminator's 0.5 (Mescheder et al. 2018 use 10); 0 = off")
-    spectral_norm: bool = option(False, "spectral normalisation (Miyato et al. 2018) of every discriminator "
-                                        "convolution")
 
 
 @dataclass
@@ -127,6 +123,8 @@ REMOVED_OPTIONS = {
     ("model", "d_scales"): 1,
     ("model", "lambda_source_fake"): 0.0,
     ("model", "warmup_target"): "restore",
+    ("model", "diffaugment"): False,
+    ("model", "spectral_norm"): False,
     ("train", "coarse_size"): None,
     ("train", "coarse_until"): 0.5,
     ("train", "contrast_warmup"): 0.0,

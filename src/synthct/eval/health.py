@@ -32,8 +32,8 @@ model's [-1, 1] units, on each slice's centre channel and inside the body:
   or above ``CHANCE_FRACTION`` of the loss of a discriminator that cannot tell real from fake
   (:data:`CHANCE`). Plain unpaired models only: an L1 term to paired CTs steers the generator
   whatever the discriminators do (the semi-supervised runs on the real scans reached the CT's
-  contrast with their discriminators at chance), and DiffAugment and the R1 penalty keep them near
-  chance by design.
+  contrast with their discriminators at chance), and the R1 penalty keeps them near chance by
+  design.
 
 The thresholds come from measurements on training slices and from the few runs docs/RESULTS.md
 describes, not from a validation. The validation sets each run's last verdict (``python -m

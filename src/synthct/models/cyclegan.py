@@ -19,19 +19,10 @@ fraction). A PatchGAN's small receptive field cannot tell a dark head from the b
 around it, so an unmasked generator can render the brain black and the air grey and still look
 real patch by patch; judged inside the body only, a black brain is an obvious fake.
 
-Three stabilisers of GANs on little data, each off by default:
-
-* DiffAugment (``model.diffaugment``; Zhao et al. 2020): every discriminator input, real and
-  fake, in both adversarial terms, is a random differentiable augmentation T of it
-  (models/diffaugment.py: brightness, contrast, translation, cutout):
-  L_GAN(G, D_ct) = E[(D_ct(T(G(mr))) - 1)^2] (LSGAN), and D_ct judges T(ct) against T(fake).
-* R1 (``model.r1_gamma`` = gamma > 0; Mescheder et al. 2018): each discriminator's objective
-  gains gamma / 2 * E|grad_x D(x)|^2 on its real inputs x (after T when augmented), inside the
-  reference's halving: L_D = 0.5 * (L_real + L_fake + gamma / 2 * R1) (models/losses.r1_penalty,
-  per patch of the PatchGAN).
-* Spectral normalisation (``model.spectral_norm``; Miyato et al. 2018): every convolution of
-  D_ct and D_mr uses W / sigma(W) (models/discriminator.spectrally_normalised); the objective is
-  unchanged and the generators, which are what training exports, are untouched.
+The R1 penalty (``model.r1_gamma`` = gamma > 0; Mescheder et al. 2018), off by default: each
+discriminator's objective gains gamma / 2 * E|grad_x D(x)|^2 on its real inputs x, inside the
+reference's halving: L_D = 0.5 * (L_real + L_fake + gamma / 2 * R1) (models/losses.r1_penalty, per
+patch of the PatchGAN).
 """
 
 from __future__ import annotations
@@ -45,8 +36,7 @@ from torch.nn.functional import l1_loss
 from synthct.config import ModelConfig
 from synthct.models.base import DISCRIMINATOR_OPTIONS, GENERATOR_OPTIONS, TranslationModel
 from synthct.models.common import centre_channel, init_weights, set_requires_grad
-from synthct.models.diffaugment import diff_augment
-from synthct.models.discriminator import PatchDiscriminator, spectrally_normalised
+from synthct.models.discriminator import PatchDiscriminator
 from synthct.models.generators import build_generator
 from synthct.models.losses import GANLoss, build_structure_loss
 from synthct.models.pool import ImagePool
@@ -57,7 +47,7 @@ from synthct.models.shared import adversarial, batched, discriminator_terms, in_
 class CycleGAN(TranslationModel):
     options = GENERATOR_OPTIONS + DISCRIMINATOR_OPTIONS + (
         "lambda_cycle", "lambda_identity", "lambda_struct", "struct_loss", "body_masked", "cycle_noise",
-        "lambda_pair", "register", "lambda_smooth", "diffaugment", "r1_gamma", "spectral_norm")
+        "lambda_pair", "register", "lambda_smooth", "r1_gamma")
     uses_pairs = True
 
     def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int):
@@ -75,9 +65,6 @@ class CycleGAN(TranslationModel):
         self.D_mr = PatchDiscriminator(in_channels, cfg.ndf, cfg.d_layers)
         for net in (self.G, self.F, self.D_ct, self.D_mr):
             init_weights(net, 0.02)
-        if cfg.spectral_norm:  # after the initialisation, which writes the weights it normalises
-            for net in (self.D_ct, self.D_mr):
-                spectrally_normalised(net)
         self.gan = GANLoss(cfg.gan_mode)
         self.structure = build_structure_loss(cfg.struct_loss) if cfg.lambda_struct > 0 else None
         self.lambda_cycle = cfg.lambda_cycle
@@ -85,7 +72,6 @@ class CycleGAN(TranslationModel):
         self.lambda_struct = cfg.lambda_struct
         self.cycle_noise = cfg.cycle_noise
         self.body_masked = cfg.body_masked
-        self.diffaugment = cfg.diffaugment
         self.r1_gamma = cfg.r1_gamma
         self.lambda_pair = cfg.lambda_pair
         self.registration = Registration(out_channels, cfg.lambda_pair, cfg.lambda_smooth) if cfg.register else None
@@ -124,14 +110,12 @@ class CycleGAN(TranslationModel):
             fake_mr, rec_mr = batched(self.F, real_ct, self.noisy(fake_ct))
         fake_mr, rec_mr = in_body(fake_mr, ct_body), in_body(rec_mr, mr_body)
         rec_ct = in_body(self.G(self.noisy(fake_mr)), ct_body)
-        judged_ct, judged_mr_body = self.augmented(fake_ct, mr_body)  # T(G(mr)) with DiffAugment
-        judged_mr, judged_ct_body = self.augmented(fake_mr, ct_body)
-        pred_ct, pred_mr = self.D_ct(judged_ct), self.D_mr(judged_mr)
+        pred_ct, pred_mr = self.D_ct(fake_ct), self.D_mr(fake_mr)
 
         lam = self.lambda_cycle
         terms = {
-            "G_gan": adversarial(self.gan, pred_ct, True, False, judged_mr_body),  # L_GAN(G, D_ct)
-            "F_gan": adversarial(self.gan, pred_mr, True, False, judged_ct_body),  # L_GAN(F, D_mr)
+            "G_gan": adversarial(self.gan, pred_ct, True, False, mr_body),  # L_GAN(G, D_ct)
+            "F_gan": adversarial(self.gan, pred_mr, True, False, ct_body),  # L_GAN(F, D_mr)
             "cycle_mr": lam * l1_loss(rec_mr.float(), real_mr.float()),             # |F(G(mr)) - mr|
             "cycle_ct": lam * l1_loss(rec_ct.float(), real_ct.float()),             # |G(F(ct)) - ct|
         }
@@ -163,11 +147,6 @@ class CycleGAN(TranslationModel):
             return translation
         return translation + self.cycle_noise * torch.randn_like(translation)
 
-    def augmented(self, image: Tensor, body: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """What a discriminator judges of ``image`` (and the body mask that weighs its patches):
-        with model.diffaugment a fresh random augmentation T(image), else the image itself."""
-        return diff_augment(image, body) if self.diffaugment else (image, body)
-
     def discriminator_loss(self, batch: dict[str, Tensor], cache: dict) -> tuple[Tensor, dict[str, Tensor]]:
         set_requires_grad([self.D_ct, self.D_mr], True)
         mr_body, ct_body = self.bodies(batch)
@@ -186,11 +165,9 @@ class CycleGAN(TranslationModel):
 
     def _judge(self, D: nn.Module, domain: str, real: Tensor, fake: Tensor, real_body: Tensor | None,
                fake_body: Tensor | None) -> dict[str, Tensor]:
-        """D_<domain>: 0.5 * (L_GAN(D(T(real)), real) + L_GAN(D(T(fake)), fake)); R1_<domain>:
-        0.5 * gamma / 2 * E|grad D(T(real))|^2 with model.r1_gamma (T the identity without
-        DiffAugment). The health check reads D_* as the GAN terms alone."""
-        real, real_body = self.augmented(real, real_body)
-        fake, fake_body = self.augmented(fake, fake_body)
+        """D_<domain>: 0.5 * (L_GAN(D(real), real) + L_GAN(D(fake), fake)); R1_<domain>:
+        0.5 * gamma / 2 * E|grad D(real)|^2 with model.r1_gamma. The health check reads D_* as the
+        GAN terms alone."""
         loss, r1 = discriminator_terms(self.gan, D, real, fake, real_body, fake_body, self.r1_gamma)
         return {f"D_{domain}": loss} | ({f"R1_{domain}": r1} if r1 is not None else {})
 

@@ -5,7 +5,6 @@ fake. With n_layers=3 it is the 70x70 PatchGAN: C64 (no norm) - C128 - C256 - C5
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from synthct.models.layers import ConvNormAct
 
@@ -29,24 +28,6 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
-
-
-def spectrally_normalised(net: nn.Module) -> nn.Module:
-    """Spectral normalisation (Miyato et al. 2018, "Spectral Normalization for Generative
-    Adversarial Networks") of every convolution of ``net``, in place: each weight W is used as
-    W / sigma(W), sigma its largest singular value (of W reshaped to out x (in * k * k)),
-    estimated by one power iteration per training forward pass (the paper's setting; torch's
-    default), with the power-iteration vectors u, v as buffers in the state dict so that
-    checkpoints resume exactly. Apply it after weight initialisation: the trained parameter
-    becomes ``parametrizations.weight.original``, and ``weight`` is computed from it.
-
-    Inside a PatchGAN, each convolution but the first and the last is followed by InstanceNorm,
-    which removes any scale of its weight; there the normalisation changes the optimisation
-    (gradients scaled by 1 / sigma), not the function. It bounds the first and last layers."""
-    for module in list(net.modules()):
-        if isinstance(module, nn.Conv2d):
-            spectral_norm(module)
-    return net
 
 
 def receptive_field(n_layers: int) -> int:
