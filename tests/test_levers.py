@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from test_engine import _state_tensors, log_rows, phantoms, tiny_config  # noqa: F401 (phantoms is a fixture)
-from test_models import random_batch, tiny
+from test_models import one_thread, random_batch, tiny  # noqa: F401 (one_thread: autouse fixture)
 
 from synthct.engine.trainer import Trainer, train
 from synthct.errors import SynthctError
@@ -21,14 +21,6 @@ from synthct.models.layers import InstanceNorm
 from synthct.models.losses import r1_penalty
 from synthct.models.saved import load_generator, sha256_of
 from synthct.models.shared import discriminator_objective
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def model_with(**options):
