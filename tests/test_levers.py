@@ -191,13 +191,14 @@ def test_bad_r1_settings_are_clear_errors(overrides, message):
         build_model(tiny(**overrides), 1, 1)
 
 
-@pytest.mark.parametrize("option", ["diffaugment", "spectral_norm"])
-def test_the_screened_levers_that_were_not_promoted_are_refused_when_on_and_dropped_when_off(option):
+@pytest.mark.parametrize("option, off, on", [("diffaugment", False, True), ("spectral_norm", False, True),
+                                              ("cycle_noise", 0.0, 0.1)])
+def test_the_screened_levers_that_were_not_promoted_are_refused_when_on_and_dropped_when_off(option, off, on):
     from synthct.config import config_from_dict, config_to_dict
 
-    assert option not in config_to_dict(config_from_dict({"model": {option: False}}))["model"]
+    assert option not in config_to_dict(config_from_dict({"model": {option: off}}))["model"]
     with pytest.raises(SynthctError, match=f"model.{option} was removed"):
-        config_from_dict({"model": {option: True}})
+        config_from_dict({"model": {option: on}})
 
 
 def test_r1_trains_body_masked_under_bf16_autocast_channels_last():

@@ -361,7 +361,7 @@ def test_an_option_the_model_does_not_read_is_refused(name, option, message):
 
 def test_options_at_their_default_or_off_are_accepted_by_every_model():
     assert isinstance(build_model(tiny(name="pix2pix", pool_size=0, lambda_identity=0.0), 1, 1), Pix2Pix)
-    assert isinstance(build_model(tiny(name="cut", cycle_noise=0.0, lambda_l1=100.0), 1, 1), CUT)
+    assert isinstance(build_model(tiny(name="cut", lambda_struct=0.0, lambda_l1=100.0), 1, 1), CUT)
 
 
 def test_every_model_implements_the_interface_and_declares_its_options():

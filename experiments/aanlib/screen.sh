@@ -2,8 +2,8 @@
 # The limited-data levers' screening fixed in docs/RESULTS.md ("The unpaired recipe: rules fixed
 # before its runs"): the aanlib_cyclegan preset and each lever alone on it, 128 x 128 slices, 3,000
 # steps, seeds 0-2, trained on the validation fold; then the promotion table. Runs go through
-# queue.sh, so the screening may be stopped and started again at any time. DiffAugment and spectral
-# normalisation were not promoted and left synthct: their runs need commit 8519d03.
+# queue.sh, so the screening may be stopped and started again at any time. DiffAugment, spectral
+# normalisation and cycle noise were not promoted and left synthct: their runs need commit 8519d03.
 #
 #   python -m experiments.aanlib prepare --fold validation      # once
 #   bash experiments/aanlib/screen.sh                            # two cores: two queues of one thread

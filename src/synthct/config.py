@@ -71,8 +71,6 @@ class ModelConfig:
                                 "as the reference); 0 = off")
     body_masked: bool = option(False, "translations are air outside their source's body and discriminators judge "
                                       "the body only")
-    cycle_noise: float = option(0.0, "std of Gaussian noise added to a translation before it is translated back "
-                                     "(against hidden codes); 0 = off")
     r1_gamma: float = option(0.0, "R1 penalty gamma / 2 * E|grad D(real)|^2 per PatchGAN patch, beside the GAN terms "
                                   "inside each discriminator's 0.5 (Mescheder et al. 2018 use 10); 0 = off")
 
@@ -125,6 +123,7 @@ REMOVED_OPTIONS = {
     ("model", "warmup_target"): "restore",
     ("model", "diffaugment"): False,
     ("model", "spectral_norm"): False,
+    ("model", "cycle_noise"): 0.0,
     ("train", "coarse_size"): None,
     ("train", "coarse_until"): 0.5,
     ("train", "contrast_warmup"): 0.0,

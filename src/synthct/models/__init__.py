@@ -62,8 +62,8 @@ def check_model_config(cfg: ModelConfig) -> None:
     for key in ("ngf", "ndf", "blocks", "d_layers", "unet_downs"):
         if getattr(cfg, key) < 1:
             raise SynthctError(f"model.{key}: must be at least 1, got {getattr(cfg, key)}")
-    for key in ("lambda_cycle", "lambda_identity", "lambda_l1", "lambda_struct", "lambda_nce", "cycle_noise",
-                "lambda_corr", "lambda_smooth", "lambda_pair", "r1_gamma"):
+    for key in ("lambda_cycle", "lambda_identity", "lambda_l1", "lambda_struct", "lambda_nce", "lambda_corr",
+                "lambda_smooth", "lambda_pair", "r1_gamma"):
         if getattr(cfg, key) < 0:
             raise SynthctError(f"model.{key}: must be 0 (off) or positive, got {getattr(cfg, key)}")
     if cfg.pool_size < 0:

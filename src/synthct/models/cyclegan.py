@@ -4,15 +4,6 @@ discriminators D_ct and D_mr, and the full objective in one place (``generator_l
 With 2.5D input both domains carry k slices as channels: G and F map k-slice stacks to k-slice
 stacks, the discriminators judge all k, and inference keeps the centre channel.
 
-Noise in the cycle (``model.cycle_noise`` = sigma > 0): L_cyc = |F(G(mr) + n) - mr|_1 +
-|G(F(ct) + n') - ct|_1 with n, n' ~ N(0, sigma^2) per pixel; the discriminators see the
-translations without noise. A CycleGAN can close its cycle through low-amplitude signals that a
-discriminator ignores (Chu et al. 2017, "CycleGAN, a master of steganography"); on the real brain
-scans an hour that kept the brain near-black closed its cycle through such a code from a few hundred
-steps on, and then the cycle loss no longer pushed G out of the dark. Noise of a few grey levels
-erases such a code, so a translation has to carry its source's anatomy in visible contrast
-(Bashkirova et al. 2019 use noise against the same effect).
-
 Body-masked (``model.body_masked``): each translation is air (-1) outside its source's body mask,
 and the discriminators judge only patches inside the body (each patch weighted by its body
 fraction). A PatchGAN's small receptive field cannot tell a dark head from the black background
@@ -46,8 +37,8 @@ from synthct.models.shared import adversarial, batched, discriminator_terms, in_
 
 class CycleGAN(TranslationModel):
     options = GENERATOR_OPTIONS + DISCRIMINATOR_OPTIONS + (
-        "lambda_cycle", "lambda_identity", "lambda_struct", "struct_loss", "body_masked", "cycle_noise",
-        "lambda_pair", "register", "lambda_smooth", "r1_gamma")
+        "lambda_cycle", "lambda_identity", "lambda_struct", "struct_loss", "body_masked", "lambda_pair",
+        "register", "lambda_smooth", "r1_gamma")
     uses_pairs = True
 
     def __init__(self, cfg: ModelConfig, in_channels: int, out_channels: int):
@@ -70,7 +61,6 @@ class CycleGAN(TranslationModel):
         self.lambda_cycle = cfg.lambda_cycle
         self.lambda_identity = cfg.lambda_identity
         self.lambda_struct = cfg.lambda_struct
-        self.cycle_noise = cfg.cycle_noise
         self.body_masked = cfg.body_masked
         self.r1_gamma = cfg.r1_gamma
         self.lambda_pair = cfg.lambda_pair
@@ -103,13 +93,13 @@ class CycleGAN(TranslationModel):
         if identity:
             fake_ct, idt_ct = batched(self.G, real_mr, real_ct)
             fake_ct, idt_ct = in_body(fake_ct, mr_body), in_body(idt_ct, ct_body)
-            fake_mr, idt_mr, rec_mr = batched(self.F, real_ct, real_mr, self.noisy(fake_ct))
+            fake_mr, idt_mr, rec_mr = batched(self.F, real_ct, real_mr, fake_ct)
             idt_mr = in_body(idt_mr, mr_body)
         else:
             fake_ct = in_body(self.G(real_mr), mr_body)
-            fake_mr, rec_mr = batched(self.F, real_ct, self.noisy(fake_ct))
+            fake_mr, rec_mr = batched(self.F, real_ct, fake_ct)
         fake_mr, rec_mr = in_body(fake_mr, ct_body), in_body(rec_mr, mr_body)
-        rec_ct = in_body(self.G(self.noisy(fake_mr)), ct_body)
+        rec_ct = in_body(self.G(fake_mr), ct_body)
         pred_ct, pred_mr = self.D_ct(fake_ct), self.D_mr(fake_mr)
 
         lam = self.lambda_cycle
@@ -140,12 +130,6 @@ class CycleGAN(TranslationModel):
             return {"pair_l1": self.lambda_pair * l1_loss(fake_ct.float(), ct_pair.float())}
         terms, _, _ = self.registration(fake_ct, ct_pair)
         return {f"pair_{name}": value for name, value in terms.items()}
-
-    def noisy(self, translation: Tensor) -> Tensor:
-        """The translation as the cycle sees it: with model.cycle_noise, plus Gaussian noise."""
-        if self.cycle_noise == 0:
-            return translation
-        return translation + self.cycle_noise * torch.randn_like(translation)
 
     def discriminator_loss(self, batch: dict[str, Tensor], cache: dict) -> tuple[Tensor, dict[str, Tensor]]:
         set_requires_grad([self.D_ct, self.D_mr], True)
