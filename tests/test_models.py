@@ -398,3 +398,11 @@ def test_masked_discriminator_objective_ignores_patches_outside_the_body():
     masked = [discriminator_objective(gan, D, r, f, body, body) for r, f in ((real, fake), (real_out, fake_out))]
     plain = [discriminator_objective(gan, D, r, f) for r, f in ((real, fake), (real_out, fake_out))]
     assert torch.allclose(masked[0], masked[1]) and not torch.allclose(plain[0], plain[1])
+
+
+@pytest.mark.parametrize("options, judged", [
+    ({}, True), ({"name": "cut"}, True), ({"name": "pix2pix", "pool_size": 0, "lambda_identity": 0.0}, False),
+    ({"r1_gamma": 10.0}, False),
+])
+def test_a_model_says_whether_discriminators_at_chance_mean_a_failed_game(options, judged):
+    assert build_model(tiny(**options), 1, 1).chance_means_failure is judged

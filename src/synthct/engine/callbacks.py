@@ -23,7 +23,6 @@ from synthct.errors import SynthctError
 from synthct.eval.health import (HEALTH_FILE, SAMPLE_SEED, SAMPLE_SLICES, HealthSample, body_from_image,
                                  check_health, discriminator_evidence, read_health)
 from synthct.io.atomic import atomic_write_text
-from synthct.models import model_class
 
 if TYPE_CHECKING:
     from synthct.engine.trainer import Run, StepOutput
@@ -252,14 +251,10 @@ class HealthCheck(Callback):
 
     def check(self, run: Run) -> None:
         step = run.trainer.step_index
-        # With pairs an L1 term ties the generator to the real CT, and discriminators at chance no
-        # longer mean a failed game: both semi-supervised runs on the real scans sat there while in
-        # the CT's contrast. The R1 penalty keeps the discriminators near chance by design (it
-        # penalises steep answers on real images): in the screening on the real scans R1's losses
-        # stayed at 0.22-0.25 whether or not the run reached the CT's contrast. The discriminator
-        # signal judges plain unpaired training only.
-        judged = not (model_class(run.cfg.model.name).needs_pairs or run.cfg.data.paired or run.cfg.data.pairs
-                      or run.cfg.model.r1_gamma > 0)
+        # Paired slices beside unpaired data tie the generator to the real CT as a paired model's
+        # L1 does: both semi-supervised runs on the real scans sat at chance while in the CT's
+        # contrast. The discriminator signal judges plain unpaired training only.
+        judged = run.trainer.model.chance_means_failure and not (run.cfg.data.paired or run.cfg.data.pairs)
         verdict = check_health(run.trainer.export_generators(), self.sample, step,
                                air_outside=run.cfg.model.body_masked,
                                discriminators=self._discriminators(step, run.cfg.model.gan_mode) if judged else None)

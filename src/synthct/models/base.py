@@ -66,6 +66,13 @@ class TranslationModel(nn.Module, abc.ABC):
     def samples(self, cache: dict, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Named centre slices (N, 1, H, W) for a training sample grid."""
 
+    @property
+    def chance_means_failure(self) -> bool:
+        """Whether discriminator losses at chance mean a failed game, the training health check's
+        discriminator signal. Not for a model trained on pairs: an L1 term ties its generator to
+        the real CT, and discriminators at chance no longer say the translation is wrong."""
+        return not self.needs_pairs
+
     def pools_state_dict(self) -> dict[str, Tensor]:
         """State outside the networks that exact resume needs (CycleGAN's image pools)."""
         return {}
