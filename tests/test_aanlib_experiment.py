@@ -427,3 +427,23 @@ def test_paired_models_train_on_the_true_pairs(work, tmp_path, model):
     cfg = training_config(work, model, [])
     check_config(cfg)  # the pix2pix recipe's options all apply to the model
     assert (cfg.model.name, cfg.data.paired, Path(cfg.data.mr).parent.name) == (model, True, "train_pairs")
+
+
+def test_the_screening_lanes_share_out_the_jobs_in_order_and_a_failed_job_stops_only_its_lane(tmp_path):
+    import subprocess
+
+    script = """
+source experiments/aanlib/lanes.sh
+jobs=("0|a|--x 1" "0|b|" "1|a|--x 1" "1|b|" "2|a|--x 1")
+job() { echo "$1 $2 $3" >> "$W/ran-$BASHPID"; echo "job $1 $2"; [ "$1|$2" != "0|b" ]; }
+run_lanes trial job
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("JOBS", "DEVICE", "SEEDS", "PY")} | {"WORK": str(tmp_path)}
+    done = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lanes = [(tmp_path / f"trial-lane{lane}.log").read_text().splitlines() for lane in (0, 1)]
+    # Two lanes by default: jobs 0, 2, 4 in the first; jobs 1 and 3 in the second, which stops at
+    # its failed first job.
+    assert lanes == [["job 0 a", "job 1 a", "job 2 a"], ["job 0 b"]]
+    ran = sorted(line for path in tmp_path.glob("ran-*") for line in path.read_text().splitlines())
+    assert ran == ["0 a --x 1", "0 b ", "1 a --x 1", "2 a --x 1"]

@@ -11,17 +11,8 @@
 #                                                                        # (carry runs/aanlib/validation)
 set -u
 : "${CANDIDATE:?CANDIDATE holds the promoted levers as --set options}"
-JOBS=${JOBS:-2}
-DEVICE=${DEVICE:-cpu}
-SEEDS=${SEEDS:-0 1 2}
+source experiments/aanlib/lanes.sh
 HEALTH_SEEDS=${HEALTH_SEEDS:-3 4 5 6}
-W=${WORK:-runs/aanlib/validation}
-export WORK=$W
-if [ "$DEVICE" = cuda ]; then
-    source benchmarks/gpu_setup.sh
-    export PY=python3
-fi
-PY=${PY:-python}
 
 # Seed by seed, so that a confirmation stopped early holds whole same-seed comparisons. The
 # preset's runs keep queue.sh's plain names (cyclegan_seed<N>): seed 0 is the validation run
@@ -30,17 +21,13 @@ jobs=()
 for seed in $SEEDS; do jobs+=("$seed|preset|" "$seed|recipe|$CANDIDATE"); done
 for seed in $HEALTH_SEEDS; do jobs+=("$seed|preset|"); done
 
-lane() {  # every JOBS-th job from $1 on, one after another
-    local i job seed name sets
-    for ((i = $1; i < ${#jobs[@]}; i += JOBS)); do
-        IFS='|' read -r seed name sets <<< "${jobs[$i]}"
-        if [ "$name" = preset ]; then name=""; fi
-        FOLD=validation NAME=$name DEFAULTS=1 EXTRA="--set train.device=$DEVICE $sets" \
-            bash experiments/aanlib/queue.sh "cyclegan:$seed" || return $?
-    done
+confirm_run() {  # seed, preset or recipe, its options
+    local name=$2
+    if [ "$name" = preset ]; then name=""; fi
+    FOLD=validation NAME=$name DEFAULTS=1 EXTRA="--set train.device=$DEVICE $3" \
+        bash experiments/aanlib/queue.sh "cyclegan:$1"
 }
-for ((l = 0; l < JOBS; l++)); do lane "$l" > "$W/confirm-lane$l.log" 2>&1 & done
-wait
+run_lanes confirm confirm_run
 
 runs() { for seed in $2; do printf '%s,' "$1_seed$seed"; done; }
 preset=$(runs cyclegan "$SEEDS")

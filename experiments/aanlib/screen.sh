@@ -10,17 +10,8 @@
 #   JOBS=18 DEVICE=cuda bash experiments/aanlib/screen.sh        # a lent GPU, every run at once
 #                                                                # (carry runs/aanlib/validation)
 set -u
-JOBS=${JOBS:-2}
-DEVICE=${DEVICE:-cpu}
-SEEDS=${SEEDS:-0 1 2}
+source experiments/aanlib/lanes.sh
 PREFIX=screen128
-W=${WORK:-runs/aanlib/validation}
-export WORK=$W
-if [ "$DEVICE" = cuda ]; then
-    source benchmarks/gpu_setup.sh
-    export PY=python3
-fi
-PY=${PY:-python}
 variants=(
     "preset|"
     "diffaugment|--set model.diffaugment=true"
@@ -36,17 +27,11 @@ for seed in $SEEDS; do
     for variant in "${variants[@]}"; do jobs+=("$seed|$variant"); done
 done
 
-lane() {  # every JOBS-th job from $1 on, one after another
-    local i job seed name sets
-    for ((i = $1; i < ${#jobs[@]}; i += JOBS)); do
-        IFS='|' read -r seed name sets <<< "${jobs[$i]}"
-        FOLD=validation NAME=$PREFIX-$name DEFAULTS=1 \
-            EXTRA="--set data.size=128 --set train.device=$DEVICE $sets" \
-            bash experiments/aanlib/queue.sh "cyclegan:$seed" || return $?
-    done
+screen_run() {  # seed, variant, its options
+    FOLD=validation NAME=$PREFIX-$2 DEFAULTS=1 EXTRA="--set data.size=128 --set train.device=$DEVICE $3" \
+        bash experiments/aanlib/queue.sh "cyclegan:$1"
 }
-for ((l = 0; l < JOBS; l++)); do lane "$l" > "$W/$PREFIX-lane$l.log" 2>&1 & done
-wait
+run_lanes "$PREFIX" screen_run
 
 recipes=()
 for variant in "${variants[@]}"; do
