@@ -447,3 +447,29 @@ run_lanes trial job
     assert lanes == [["job 0 a", "job 1 a", "job 2 a"], ["job 0 b"]]
     ran = sorted(line for path in tmp_path.glob("ran-*") for line in path.read_text().splitlines())
     assert ran == ["0 a --x 1", "0 b ", "1 a --x 1", "2 a --x 1"]
+
+
+def test_the_final_stage_trains_each_seed_scores_the_test_split_once_per_scoring_and_reports_the_median(
+        work, tmp_path):
+    import shutil
+    import subprocess
+
+    copy, book = tmp_path / "work", tmp_path / "ledger.csv"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("runs", "results"))
+    recipe = " ".join(f"--set {item}" for item in TINY if item != "--set" and "train.device" not in item)
+    env = os.environ | {"WORK": str(copy), "STEPS": "2", "SEEDS": "0 1", "PY": sys.executable, "LEDGER": str(book),
+                        "RECIPE": recipe, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+
+    def final() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(REPO / "experiments" / "aanlib" / "final.sh")], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+
+    done = final()
+    assert done.returncode == 0, done.stderr
+    scorings = [(r["run"], r["step"], r["tta"], r["mask"]) for r in _ledger_rows(book)]
+    assert sorted(scorings) == sorted((f"final_seed{seed}", "2", tta, mask) for seed in (0, 1)
+                                      for tta, mask in (("none", "none"), ("flip", "auto")))
+    assert "| final | 2 |" in done.stdout and (copy / "results" / "final.md").read_text() == done.stdout
+    again = final()  # nothing is trained or scored twice
+    assert again.returncode == 0 and len(_ledger_rows(book)) == 4
+    assert (copy / "final-lane0.log").read_text().count("scored already") == 1
