@@ -233,7 +233,10 @@ def test_the_ledger_appends_one_row_per_scoring_and_keys_the_recipe_not_the_path
         ledger.record(tmp_path / "other.csv", tmp_path / "run_x", meta, _result(60.0))
 
 
-def _seed_run(work: Path, name: str, plain_ssim: float, head_mae: float, verdicts: list[str] | None) -> None:
+def _seed_run(work: Path, name: str, plain_ssim: float, head_mae: float, verdicts: list[str] | None,
+              d_losses: tuple[float, float] | None = None, logged_steps: int = 100) -> None:
+    """A scored run; with ``d_losses`` a log.csv whose D_ct and D_mr columns hold the first value
+    up to step 50 and the second after (blank D_mr on odd steps, as a model without it)."""
     plain = {"inference": {"tta": "none", "mask": "none"},
              "means": {"head_mae": head_mae + 2, "head_ssim": plain_ssim}}
     (work / "results").mkdir(parents=True, exist_ok=True)
@@ -244,22 +247,30 @@ def _seed_run(work: Path, name: str, plain_ssim: float, head_mae: float, verdict
     if verdicts is not None:
         checks = [{"step": 500 * (i + 1), "verdict": v, "failures": []} for i, v in enumerate(verdicts)]
         (work / "runs" / name / "health.json").write_text(json.dumps({"checks": checks}))
+    if d_losses is not None:
+        rows = ["step,G_gan,D_ct,D_mr"] + [
+            f"{step},9,{d_losses[step > 50]},{d_losses[step > 50] if step % 2 == 0 else ''}"
+            for step in range(1, logged_steps + 1)]
+        (work / "runs" / name / "log.csv").write_text("\n".join(rows) + "\n")
 
 
 def test_seeds_counts_outcomes_and_judges_each_last_health_verdict(tmp_path, capsys):
     work = tmp_path / "fold"
-    _seed_run(work, "a_seed0", 0.25, 55.0, ["failed", "healthy"])  # reached, passed: agrees
-    _seed_run(work, "a_seed1", 0.13, 75.0, ["healthy", "healthy"])  # not reached, passed: a miss
-    _seed_run(work, "a_seed2", 0.21, 60.0, ["healthy", "failed"])  # reached (at the bound), condemned
-    _seed_run(work, "b_seed0", 0.08, 90.0, None)  # no health check: not judged
+    _seed_run(work, "a_seed0", 0.25, 55.0, ["failed", "healthy"], (0.9, 0.25))  # reached, passed: agrees
+    _seed_run(work, "a_seed1", 0.13, 75.0, ["healthy", "healthy"], (0.0, 0.1))  # not reached, passed: a miss
+    _seed_run(work, "a_seed2", 0.21, 60.0, ["healthy", "failed"], (0.2, 0.2), logged_steps=99)  # reached, condemned
+    _seed_run(work, "b_seed0", 0.08, 90.0, None, (0.1, 0.3))  # no health check: not judged
     assert main(["seeds", "--work", str(work), "--recipe", "a=a_seed0,a_seed1,a_seed2", "--recipe", "b=b_seed0",
                  "--tta", "flip", "--mask", "auto"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "| a | 3 | 60.0 (55.0-75.0) | 2 of 3 |" in lines and "| b | 1 | 90.0 | 0 of 1 |" in lines
-    assert "| a_seed1 | 0.130 | not reached | healthy | miss |" in lines
-    assert "| a_seed2 | 0.210 | CT contrast | failed | false alarm |" in lines
-    assert "| b_seed0 | 0.080 | not reached | - | - |" in lines
-    assert lines[-1] == "| 3 judged | | 1 not reached | | 1 agree, 1 missed, 1 false alarms |"
+    # The early discriminator loss: steps 51-100 only, blank columns skipped; none for a log short of step 100.
+    assert "| a_seed0 | 0.250 | CT contrast | healthy | agrees | 0.250 (at chance) |" in lines
+    assert "| a_seed1 | 0.130 | not reached | healthy | miss | 0.100 |" in lines
+    assert "| a_seed2 | 0.210 | CT contrast | failed | false alarm | - |" in lines
+    assert "| b_seed0 | 0.080 | not reached | - | - | 0.300 (at chance) |" in lines
+    assert lines[-1] == ("| 3 judged | | 1 not reached | | 1 agree, 1 missed, 1 false alarms | "
+                         "2 of 3 at chance, 1 of them reached |")
     # The outcome is read from plain scorings only, and every run must have been scored.
     assert main(["seeds", "--work", str(work), "--recipe", "a=a_seed0_tta-flip_mask-auto"]) == 2
     assert main(["seeds", "--work", str(work), "--recipe", "a=a_seed9"]) == 2

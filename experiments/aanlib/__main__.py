@@ -118,7 +118,7 @@ def _labelled(items: list[str], option: str) -> list[tuple[str, str]]:
 
 def cmd_seeds(args) -> None:
     from experiments.aanlib.evaluate import inference_suffix
-    from experiments.aanlib.seeds import health_rows, promotion, promotion_row, read_seed_run, recipe_row
+    from experiments.aanlib.seeds import HEALTH_HEADER, health_rows, promotion, promotion_row, read_seed_run, recipe_row
 
     suffix = inference_suffix(args.tta, args.mask)
     lines = ["| recipe | seeds | head MAE median (range) | reached the CT's contrast |", "|---|---|---|---|"]
@@ -137,7 +137,7 @@ def cmd_seeds(args) -> None:
                   for label, runs in recipes.items() if label != args.against]
     every = [run for runs in recipes.values() for run in runs]
     if any(r.verdict for r in every):
-        lines += ["", "| run | plain head SSIM | outcome | last health verdict | |", "|---|---|---|---|---|"]
+        lines += ["", *HEALTH_HEADER]
         lines += health_rows(every)
     print("\n".join(lines))
 

@@ -5,7 +5,9 @@ The outcome rule is docs/RESULTS.md's, fixed before the runs it judges: a run *r
 contrast* when its plain head SSIM is at least 0.21 (the nine test-split hours that ended in the
 CT's tissue order scored 0.21-0.27, the others 0.06-0.20). The health check condemns a run
 ("failed") or passes it ("healthy"); a passed run that did not reach the CT's contrast is a
-*miss*, a condemned run that did is a *false alarm*.
+*miss*, a condemned run that did is a *false alarm*. Beside it, each run's mean logged
+discriminator loss over the second half of the first ``DEFAULT_CHECK_STEPS`` steps: the early
+signal on which ``synthct train --restarts`` sets a start aside (at or above its threshold).
 
 The promotion rule is docs/RESULTS.md's too: a lever screened against the preset on the same seeds
 is promoted when its median head MAE is at least ``PROMOTION_MARGIN`` grey levels below the
@@ -15,12 +17,14 @@ no fewer seeds.
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from synthct.engine.restarts import DEFAULT_CHECK_STEPS, DEFAULT_THRESHOLD
 from synthct.errors import SynthctError
 
 CT_CONTRAST_SSIM = 0.21
@@ -34,6 +38,7 @@ class SeedRun:
     head_ssim: float
     reached: bool
     verdict: str | None  # the health check's last verdict, None when the run has none
+    early_discriminators: float | None = None  # what --restarts judges; None without a log reaching it
 
     @property
     def agreement(self) -> str:
@@ -60,7 +65,21 @@ def read_seed_run(plain_result: Path, scored_result: Path, run_dir: Path) -> See
     health = read_health(run_dir)
     verdict = health["checks"][-1]["verdict"] if health and health.get("checks") else None
     ssim = plain["means"]["head_ssim"]
-    return SeedRun(Path(run_dir).name, scored["means"]["head_mae"], ssim, ssim >= CT_CONTRAST_SSIM, verdict)
+    return SeedRun(Path(run_dir).name, scored["means"]["head_mae"], ssim, ssim >= CT_CONTRAST_SSIM, verdict,
+                   early_discriminator_loss(Path(run_dir) / "log.csv"))
+
+
+def early_discriminator_loss(log: Path, check_steps: int = DEFAULT_CHECK_STEPS) -> float | None:
+    """The mean of the logged discriminator losses (columns D_*) over steps check_steps / 2 + 1 to
+    check_steps, as --restarts judges a start; None when the log does not reach that far."""
+    if not log.is_file():
+        return None
+    with open(log, newline="") as fh:
+        rows = [row for row in csv.DictReader(fh) if check_steps // 2 < int(row["step"]) <= check_steps]
+    losses = [float(value) for row in rows for name, value in row.items() if name.startswith("D_") and value]
+    if len(rows) < check_steps - check_steps // 2 or not losses:
+        return None
+    return sum(losses) / len(losses)
 
 
 def recipe_row(label: str, runs: list[SeedRun]) -> str:
@@ -70,15 +89,30 @@ def recipe_row(label: str, runs: list[SeedRun]) -> str:
     return f"| {label} | {len(runs)} | {spread} | {sum(r.reached for r in runs)} of {len(runs)} |"
 
 
+HEALTH_HEADER = ["| run | plain head SSIM | outcome | last health verdict | | discriminator loss, steps "
+                 f"{DEFAULT_CHECK_STEPS // 2 + 1}-{DEFAULT_CHECK_STEPS} |", "|---|---|---|---|---|---|"]
+
+
 def health_rows(runs: list[SeedRun]) -> list[str]:
-    """One row per run: plain head SSIM, outcome, last verdict, agreement; then the counts."""
+    """One row per run: plain head SSIM, outcome, last verdict, agreement, the early discriminator
+    loss; then the counts."""
     rows = [f"| {r.name} | {r.head_ssim:.3f} | {'CT contrast' if r.reached else 'not reached'} | "
-            f"{r.verdict or '-'} | {r.agreement} |" for r in runs]
+            f"{r.verdict or '-'} | {r.agreement} | {_early(r)} |" for r in runs]
     judged = [r for r in runs if r.verdict is not None]
     counts = {kind: sum(r.agreement == kind for r in judged) for kind in ("agrees", "miss", "false alarm")}
+    early = [r for r in runs if r.early_discriminators is not None]
+    at_chance = [r for r in early if r.early_discriminators >= DEFAULT_THRESHOLD]
     rows.append(f"| {len(judged)} judged | | {sum(not r.reached for r in judged)} not reached | | "
-                f"{counts['agrees']} agree, {counts['miss']} missed, {counts['false alarm']} false alarms |")
+                f"{counts['agrees']} agree, {counts['miss']} missed, {counts['false alarm']} false alarms | "
+                f"{len(at_chance)} of {len(early)} at chance, {sum(r.reached for r in at_chance)} of them reached |")
     return rows
+
+
+def _early(run: SeedRun) -> str:
+    if run.early_discriminators is None:
+        return "-"
+    at_chance = " (at chance)" if run.early_discriminators >= DEFAULT_THRESHOLD else ""
+    return f"{run.early_discriminators:.3f}{at_chance}"
 
 
 @dataclass(frozen=True)
