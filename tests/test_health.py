@@ -11,7 +11,8 @@ from torch import nn
 from synthct.cli import main
 from synthct.errors import SynthctError
 from synthct.eval import health
-from synthct.eval.health import HealthSample, check_health, discriminator_evidence
+from synthct.eval.health import (HealthSample, check_health, discriminator_evidence, discriminator_loss,
+                                 discriminator_window, recent_discriminator_loss)
 from synthct.models.losses import GANLoss
 from synthct.models.shared import discriminator_objective
 
@@ -82,6 +83,10 @@ def test_a_dark_translation_with_the_mr_hidden_in_its_last_grey_levels():
     assert verdict.failures == ["dark", "hidden_code"] and verdict.evidence["mr_order"]["rho"] == pytest.approx(1.0)
     assert verdict.evidence["dark"]["median"] < -0.98 < verdict.evidence["dark"]["threshold"]
     assert "FAILED: " in verdict.line() and "dark phase" in verdict.line() and "hidden code" in verdict.line()
+    # Before the run's last step the same verdict is provisional, and says so.
+    early = check_health(generators, _sample(), step=10, final=False)
+    assert early.failures == verdict.failures and not early.to_dict()["final"]
+    assert "FAILED" not in early.line() and "health at step 10: failing so far: dark phase" in early.line()
 
 
 def test_a_healthy_translation_with_learning_discriminators_passes_and_says_so():
@@ -117,6 +122,18 @@ def test_a_one_sided_model_has_no_cycle_to_judge():
     sample = _sample()
     verdict = check_health({"mr2ct": Pixelwise(_quantile_map(sample, -1))}, sample, step=1)
     assert set(verdict.evidence) == {"mr_order", "dark"} and verdict.healthy
+
+
+def test_the_discriminator_signal_is_the_later_half_of_the_steps_at_most_the_last_window():
+    assert discriminator_window(100) == range(51, 101)  # what --restarts judges a start on
+    assert discriminator_window(7) == range(5, 8) and discriminator_window(1) == range(1, 2)
+    assert discriminator_window(3000) == range(2951, 3001)
+    logged = [(step, float(step)) for step in range(1, 3001) if step != 2990]  # one step unlogged
+    mean, steps = recent_discriminator_loss(logged, 3000)
+    assert mean == pytest.approx((sum(range(2951, 3001)) - 2990) / 49) and steps == "2951-3000"
+    assert recent_discriminator_loss(logged[:10], 3000) is None
+    assert discriminator_loss({"step": "5", "G_gan": "9", "D_ct": "0.2", "D_mr": ""}) == pytest.approx(0.2)
+    assert discriminator_loss({"G_gan": 9.0}) is None
 
 
 @pytest.mark.parametrize("mode", ["lsgan", "vanilla", "hinge"])
@@ -171,15 +188,20 @@ def test_a_run_checks_its_health_at_each_checkpoint_and_at_the_end(phantoms, tmp
         assert check["failures"] == [name for name, e in check["evidence"].items() if e["failed"]]
         assert check["verdict"] == ("failed" if check["failures"] else "healthy")
     assert checks[-1]["evidence"]["discriminators_at_chance"]["window"] == "5-7"  # the later half, 3 steps
+    assert [c["final"] for c in checks] == [False, False, True]  # only the last step's verdict is the run's
     err = capsys.readouterr().err
     assert err.count("synthct: health at step ") == 3 and "health at step 7: " in err
     # Stopped and resumed, the run keeps its earlier verdicts and reaches the same ones.
     split = tmp_path / "split"
     assert _train(phantoms, split, "--steps", "7", "--set", "train.stop_at_step=4") == 0
-    assert [c["step"] for c in _checks(split)] == [3, 4]
+    assert [(c["step"], c["final"]) for c in _checks(split)] == [(3, False), (4, False)]
     assert main(["train", "--resume", str(split)]) == 0
     assert [c["step"] for c in _checks(split)] == [3, 4, 6, 7]
     assert [c for c in _checks(split) if c["step"] != 4] == checks
+    # A time budget that ends the run at a checkpoint step makes that step's verdict the last one.
+    timed = tmp_path / "timed"
+    assert _train(phantoms, timed, "--steps", "7", "--minutes", "1e-9", "--set", "train.checkpoint_every=1") == 0
+    assert [(c["step"], c["final"]) for c in _checks(timed)] == [(1, True)]
 
 
 def test_the_report_shows_the_last_verdict_and_the_earlier_ones(tmp_path):
@@ -215,8 +237,11 @@ def test_the_runs_table_lists_each_runs_last_verdict(tmp_path, capsys):
     verdict = check_health({"mr2ct": Pixelwise(lambda x: -1 + 0.01 * (x + 1))}, sample, step=3000)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "health.json").write_text(json.dumps({"checks": [verdict.to_dict()]}))
-    assert health.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    (tmp_path / "c").mkdir()  # a run stopped before its last step
+    (tmp_path / "c" / "health.json").write_text(json.dumps({"checks": [verdict.to_dict() | {"final": False}]}))
+    assert health.main([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "run\tstep\tverdict\tfailures"
     assert lines[1] == f"{tmp_path / 'a'}\t3000\tfailed\tdark"
     assert lines[2] == f"{tmp_path / 'b'}\t\tnot checked\t"
+    assert lines[3] == f"{tmp_path / 'c'}\t3000\tfailed so far\tdark"

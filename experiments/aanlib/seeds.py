@@ -17,14 +17,15 @@ no fewer seeds.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from synthct.engine.logging import read_log
 from synthct.engine.restarts import DEFAULT_CHECK_STEPS, DEFAULT_THRESHOLD
+from synthct.eval.health import discriminator_loss, discriminator_window, read_health
 from synthct.errors import SynthctError
 
 CT_CONTRAST_SSIM = 0.21
@@ -53,8 +54,6 @@ class SeedRun:
 def read_seed_run(plain_result: Path, scored_result: Path, run_dir: Path) -> SeedRun:
     """A run's outcome from its plain scoring, its head MAE from ``scored_result`` (the scoring
     quoted: plain or with translate's options) and its last health verdict from ``run_dir``."""
-    from synthct.eval.health import read_health
-
     for path in (plain_result, scored_result):
         if not Path(path).is_file():
             raise SynthctError("result not found; run evaluate first", path)
@@ -70,16 +69,12 @@ def read_seed_run(plain_result: Path, scored_result: Path, run_dir: Path) -> See
 
 
 def early_discriminator_loss(log: Path, check_steps: int = DEFAULT_CHECK_STEPS) -> float | None:
-    """The mean of the logged discriminator losses (columns D_*) over steps check_steps / 2 + 1 to
-    check_steps, as --restarts judges a start; None when the log does not reach that far."""
-    if not log.is_file():
-        return None
-    with open(log, newline="") as fh:
-        rows = [row for row in csv.DictReader(fh) if check_steps // 2 < int(row["step"]) <= check_steps]
-    losses = [float(value) for row in rows for name, value in row.items() if name.startswith("D_") and value]
-    if len(rows) < check_steps - check_steps // 2 or not losses:
-        return None
-    return sum(losses) / len(losses)
+    """The discriminator loss --restarts judges a start on: the health check's at step check_steps,
+    from log.csv; None when the log does not cover its window."""
+    steps = discriminator_window(check_steps)
+    logged = {int(row["step"]): discriminator_loss(row) for row in read_log(log)}
+    judged = [logged[step] for step in steps if logged.get(step) is not None]
+    return sum(judged) / len(judged) if len(judged) == len(steps) else None
 
 
 def recipe_row(label: str, runs: list[SeedRun]) -> str:
@@ -89,8 +84,9 @@ def recipe_row(label: str, runs: list[SeedRun]) -> str:
     return f"| {label} | {len(runs)} | {spread} | {sum(r.reached for r in runs)} of {len(runs)} |"
 
 
+EARLY = discriminator_window(DEFAULT_CHECK_STEPS)
 HEALTH_HEADER = ["| run | plain head SSIM | outcome | last health verdict | | discriminator loss, steps "
-                 f"{DEFAULT_CHECK_STEPS // 2 + 1}-{DEFAULT_CHECK_STEPS} |", "|---|---|---|---|---|---|"]
+                 f"{EARLY[0]}-{EARLY[-1]} |", "|---|---|---|---|---|---|"]
 
 
 def health_rows(runs: list[SeedRun]) -> list[str]:

@@ -20,8 +20,9 @@ import torch
 from synthct.engine import distributed as ddp
 from synthct.engine.logging import read_log, save_sample_grid
 from synthct.errors import SynthctError
-from synthct.eval.health import (HEALTH_FILE, SAMPLE_SEED, SAMPLE_SLICES, HealthSample, body_from_image,
-                                 check_health, discriminator_evidence, read_health)
+from synthct.eval.health import (DISCRIMINATOR_WINDOW, HEALTH_FILE, SAMPLE_SEED, SAMPLE_SLICES, HealthSample, body_from_image,
+                                 check_health, discriminator_evidence, discriminator_loss, read_health,
+                                 recent_discriminator_loss)
 from synthct.io.atomic import atomic_write_text
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ class HealthCheck(Callback):
     generators training exports, on a fixed sample of training slices drawn at the start, and the
     discriminator losses of the later half of the steps taken, at most the last ``window``."""
 
-    def __init__(self, every: int, window: int = 50):
+    def __init__(self, every: int, window: int = DISCRIMINATOR_WINDOW):
         self.every = every
         self.window = window
         self.sample: HealthSample | None = None
@@ -223,7 +224,7 @@ class HealthCheck(Callback):
             record = read_health(run.run_dir)
             self.checks = [c for c in record["checks"] if c["step"] <= run.trainer.step_index] if record else []
             for row in read_log(run.run_dir / "log.csv"):
-                self._remember(int(row["step"]), {k: float(v) for k, v in row.items() if v and k.startswith("D_")})
+                self._remember(int(row["step"]), row)
 
     def on_step(self, run: Run, info: StepInfo) -> None:
         if not run.env.is_main:
@@ -233,21 +234,25 @@ class HealthCheck(Callback):
             self.check(run)
 
     def on_end(self, run: Run) -> None:
-        if run.env.is_main and (not self.checks or self.checks[-1]["step"] != run.trainer.step_index):
-            self.check(run)
+        if not run.env.is_main:
+            return
+        if self.checks and self.checks[-1]["step"] == run.trainer.step_index:
+            if self.checks[-1].get("final", True) == _last_step(run):
+                return
+            self.checks.pop()  # checked at this step before the time budget ended the run
+        self.check(run)
 
-    def _remember(self, step: int, losses: dict[str, float]) -> None:
-        # Discriminator terms are named D_<domain> by every model that has some.
-        logged = [value for name, value in losses.items() if name.startswith("D_")]
-        if logged:
-            self.losses.append((step, sum(logged) / len(logged)))
+    def _remember(self, step: int, losses: dict) -> None:
+        loss = discriminator_loss(losses)
+        if loss is not None:
+            self.losses.append((step, loss))
 
     def _discriminators(self, step: int, gan_mode: str) -> dict | None:
-        recent = [(s, loss) for s, loss in self.losses if s > step - max(1, min(self.window, step // 2))]
-        if not recent:
+        recent = recent_discriminator_loss(self.losses, step, self.window)
+        if recent is None:
             return None
-        mean = sum(loss for _, loss in recent) / len(recent)
-        return discriminator_evidence(mean, gan_mode, f"{recent[0][0]}-{recent[-1][0]}")
+        loss, window = recent
+        return discriminator_evidence(loss, gan_mode, window)
 
     def check(self, run: Run) -> None:
         step = run.trainer.step_index
@@ -257,10 +262,17 @@ class HealthCheck(Callback):
         judged = run.trainer.model.chance_means_failure and not (run.cfg.data.paired or run.cfg.data.pairs)
         verdict = check_health(run.trainer.export_generators(), self.sample, step,
                                air_outside=run.cfg.model.body_masked,
-                               discriminators=self._discriminators(step, run.cfg.model.gan_mode) if judged else None)
+                               discriminators=self._discriminators(step, run.cfg.model.gan_mode) if judged else None,
+                               final=_last_step(run))
         run.log.say(verdict.line())
         self.checks.append(verdict.to_dict())
         atomic_write_text(run.run_dir / HEALTH_FILE, json.dumps({"checks": self.checks}, indent=2) + "\n")
+
+
+def _last_step(run: Run) -> bool:
+    """Whether the run ends at its current step: a run stopped by a signal or at
+    train.stop_at_step goes on later."""
+    return run.trainer.step_index >= run.total_steps or run.stopped == "budget"
 
 
 def _health_sample(dataset) -> HealthSample:

@@ -46,6 +46,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,8 @@ CHANCE = {"lsgan": 0.25, "vanilla": math.log(2.0), "hinge": 1.0}
 # test-split outcomes, docs/RESULTS.md): of the real-scan hours without restarts, 5 of the 6 below
 # it over steps 51-100 ended at head SSIM 0.20 or more, none of the 7 at 0.22-0.27 did.
 CHANCE_FRACTION = 0.8
+# The discriminator signal's steps: at most the last 50 (the second half of --restarts' 100).
+DISCRIMINATOR_WINDOW = 50
 MR_ORDER_RHO = 0.1
 CODE_NOISE_SIGMA = 0.1
 # The hidden code measured on the real scans raised the cycle error by 23.5 grey levels with sigma
@@ -97,6 +100,10 @@ class Verdict:
     step: int
     failures: list[str]
     evidence: dict[str, dict] = field(default_factory=dict)  # per signal: its values and threshold
+    # A verdict before the run's last step says "failing so far": runs have left a failure later
+    # (docs/RESULTS.md: two confirmation runs sat at chance for 1,250 and 1,750 steps, then reached
+    # the CT's contrast). The last step's verdict is the one validated against outcomes.
+    final: bool = True
 
     @property
     def healthy(self) -> bool:
@@ -104,7 +111,8 @@ class Verdict:
 
     def line(self) -> str:
         """The verdict and its evidence in one line."""
-        said = "healthy" if self.healthy else "FAILED: " + ", ".join(FAILURE_TEXT[f] for f in self.failures)
+        failed = "FAILED: " if self.final else "failing so far: "
+        said = "healthy" if self.healthy else failed + ", ".join(FAILURE_TEXT[f] for f in self.failures)
         return f"health at step {self.step}: {said} ({'; '.join(_evidence_text(self.evidence))})"
 
     def to_dict(self) -> dict:
@@ -170,6 +178,30 @@ def _air_outside(images: Tensor, bodies: Tensor) -> Tensor:
     return images.masked_fill(bodies <= 0.5, -1.0)
 
 
+def discriminator_loss(losses: Mapping[str, float | str]) -> float | None:
+    """A step's mean discriminator loss, from its losses or its log.csv row: every model that has
+    discriminators names their terms D_<domain>. None when the step logged none."""
+    terms = [float(value) for name, value in losses.items() if name.startswith("D_") and value != ""]
+    return sum(terms) / len(terms) if terms else None
+
+
+def discriminator_window(step: int, window: int = DISCRIMINATOR_WINDOW) -> range:
+    """The steps whose discriminator losses the check at ``step`` judges: the later half of the
+    steps taken, at most the last ``window``."""
+    return range(step - max(1, min(window, step // 2)) + 1, step + 1)
+
+
+def recent_discriminator_loss(losses: Sequence[tuple[int, float]], step: int,
+                              window: int = DISCRIMINATOR_WINDOW) -> tuple[float, str] | None:
+    """The mean of the (step, discriminator loss) pairs in :func:`discriminator_window` and those
+    steps as "first-last"; None when none fall there."""
+    steps = discriminator_window(step, window)
+    recent = [(s, loss) for s, loss in losses if s in steps]
+    if not recent:
+        return None
+    return sum(loss for _, loss in recent) / len(recent), f"{recent[0][0]}-{recent[-1][0]}"
+
+
 def discriminator_evidence(loss: float, gan_mode: str, window: str, threshold: float | None = None) -> dict:
     """The discriminator signal's evidence; ``threshold`` defaults to CHANCE_FRACTION of chance."""
     chance = CHANCE[gan_mode]
@@ -179,10 +211,11 @@ def discriminator_evidence(loss: float, gan_mode: str, window: str, threshold: f
 
 @torch.no_grad()
 def check_health(generators: dict[str, nn.Module], sample: HealthSample, step: int, air_outside: bool = False,
-                 discriminators: dict | None = None) -> Verdict:
+                 discriminators: dict | None = None, final: bool = True) -> Verdict:
     """The verdict on ``generators`` (by direction, as TranslationModel.generators() gives them) over
     ``sample``; ``discriminators`` is :func:`discriminator_evidence`'s, for models that have some.
-    ``air_outside``: the model sets translations to air outside the body (model.body_masked)."""
+    ``air_outside``: the model sets translations to air outside the body (model.body_masked);
+    ``final``: ``step`` is the run's last."""
     modes = {net: net.training for net in generators.values()}
     for net in modes:
         net.eval()
@@ -193,7 +226,7 @@ def check_health(generators: dict[str, nn.Module], sample: HealthSample, step: i
             net.train(training)
     if discriminators is not None:
         evidence["discriminators_at_chance"] = discriminators
-    return Verdict(step, [name for name, values in evidence.items() if values["failed"]], evidence)
+    return Verdict(step, [name for name, values in evidence.items() if values["failed"]], evidence, final)
 
 
 def _image_evidence(generators: dict[str, nn.Module], sample: HealthSample, air_outside: bool) -> dict[str, dict]:
@@ -245,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"synthct: error: {exc}", file=sys.stderr)
             return 2
         latest = record["checks"][-1] if record and record["checks"] else None
-        print(f"{run}\t{latest['step']}\t{latest['verdict']}\t{','.join(latest['failures'])}" if latest
-              else f"{run}\t\tnot checked\t")
+        if latest is None:
+            print(f"{run}\t\tnot checked\t")
+            continue
+        so_far = "" if latest.get("final", True) else " so far"  # a run that goes on later
+        print(f"{run}\t{latest['step']}\t{latest['verdict']}{so_far}\t{','.join(latest['failures'])}")
     return 0
 
 

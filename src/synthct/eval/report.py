@@ -303,7 +303,8 @@ def _health_html(run_dir: Path) -> str:
     if not record or not record["checks"]:
         return "<p>No training health check (health.json) in this run.</p>"
     try:
-        verdicts = [Verdict(c["step"], c["failures"], c["evidence"]) for c in record["checks"]]
+        # Records written before verdicts said whether they were the run's last count as last.
+        verdicts = [Verdict(c["step"], c["failures"], c["evidence"], c.get("final", True)) for c in record["checks"]]
         lines = [v.line() for v in verdicts]
     except (KeyError, TypeError, ValueError):
         raise SynthctError("not a health record written by synthct train", run_dir / "health.json") from None
