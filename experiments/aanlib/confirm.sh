@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The confirmation fixed in docs/RESULTS.md ("The unpaired recipe: rules fixed before its runs"): the
 # candidate recipe (the levers the screening promoted, as --set options in CANDIDATE) against the
-# aanlib_cyclegan preset at 256 x 256, 3,000 steps, seeds 0-2, trained on the validation fold; then
+# aanlib_cyclegan preset as it was before the confirmation put R1 into it (model.r1_gamma=0) at
+# 256 x 256, 3,000 steps, seeds 0-2, trained on the validation fold; then
 # the preset alone on seeds 3-6 for the health check's table (those runs choose nothing). Ends with
 # both recipes' medians and every run's health verdict against its outcome. Runs go through
 # queue.sh, so the confirmation may be stopped and started again at any time.
@@ -22,9 +23,9 @@ for seed in $SEEDS; do jobs+=("$seed|preset|" "$seed|recipe|$CANDIDATE"); done
 for seed in $HEALTH_SEEDS; do jobs+=("$seed|preset|"); done
 
 confirm_run() {  # seed, preset or recipe, its options
-    local name=$2
-    if [ "$name" = preset ]; then name=""; fi
-    FOLD=validation NAME=$name DEFAULTS=1 EXTRA="--set train.device=$DEVICE $3" \
+    local name=$2 options=$3
+    if [ "$name" = preset ]; then name="" options="--set model.r1_gamma=0"; fi
+    FOLD=validation NAME=$name DEFAULTS=1 EXTRA="--set train.device=$DEVICE $options" \
         bash experiments/aanlib/queue.sh "cyclegan:$1"
 }
 run_lanes confirm confirm_run

@@ -27,8 +27,9 @@ for seed in $SEEDS; do
     for variant in "${variants[@]}"; do jobs+=("$seed|$variant"); done
 done
 
-screen_run() {  # seed, variant, its options
-    FOLD=validation NAME=$PREFIX-$2 DEFAULTS=1 EXTRA="--set data.size=128 --set train.device=$DEVICE $3" \
+screen_run() {  # seed, variant, its options; each on the preset as screened, before R1 joined it
+    FOLD=validation NAME=$PREFIX-$2 DEFAULTS=1 \
+        EXTRA="--set data.size=128 --set train.device=$DEVICE --set model.r1_gamma=0 $3" \
         bash experiments/aanlib/queue.sh "cyclegan:$1"
 }
 run_lanes "$PREFIX" screen_run
