@@ -20,9 +20,9 @@ import torch
 from synthct.engine import distributed as ddp
 from synthct.engine.logging import read_log, save_sample_grid
 from synthct.errors import SynthctError
-from synthct.eval.health import (DISCRIMINATOR_WINDOW, HEALTH_FILE, SAMPLE_SEED, SAMPLE_SLICES, HealthSample, body_from_image,
-                                 check_health, discriminator_evidence, discriminator_loss, read_health,
-                                 recent_discriminator_loss)
+from synthct.eval.health import (DISCRIMINATOR_WINDOW, HEALTH_FILE, SAMPLE_SEED, SAMPLE_SLICES, HealthSample,
+                                 body_from_image, check_health, discriminator_evidence, discriminator_loss,
+                                 read_health, recent_discriminator_loss)
 from synthct.io.atomic import atomic_write_text
 
 if TYPE_CHECKING:
