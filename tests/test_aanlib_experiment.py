@@ -236,6 +236,34 @@ def test_the_ledger_appends_one_row_per_scoring_and_keys_the_recipe_not_the_path
         ledger.record(tmp_path / "other.csv", tmp_path / "run_x", meta, _result(60.0))
 
 
+def _record_after(barrier, book: Path, run: Path, rows: int) -> None:
+    barrier.wait()
+    for i in range(rows):
+        ledger.record(book, run, {"step": i, "sha256": "ab" * 32, "config": {}}, _result(60.0 + i))
+
+
+def test_scorings_that_finish_at_once_each_keep_their_row(tmp_path):
+    # The final stage's lanes score side by side; each scoring reads the ledger and renames a new
+    # one over it, so writers must take turns or rows are lost (seen with two lanes).
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    writers, rows = 4, 10
+    barrier = context.Barrier(writers)
+    book = tmp_path / "ledger.csv"
+    for w in range(writers):
+        (tmp_path / f"run_{w}").mkdir()
+    procs = [context.Process(target=_record_after, args=(barrier, book, tmp_path / f"run_{w}", rows))
+             for w in range(writers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(HANG_GUARD_S)
+    assert [proc.exitcode for proc in procs] == [0] * writers
+    found = sorted((r["run"], int(r["step"])) for r in _ledger_rows(book))
+    assert found == sorted((f"run_{w}", i) for w in range(writers) for i in range(rows))
+
+
 def _seed_run(work: Path, name: str, plain_ssim: float, head_mae: float, verdicts: list[str] | None,
               d_losses: tuple[float, float] | None = None, logged_steps: int = 100) -> None:
     """A scored run; with ``d_losses`` a log.csv whose D_ct and D_mr columns hold the first value

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import csv
 import datetime
+import fcntl
 import hashlib
 import io
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from synthct.errors import SynthctError
@@ -42,9 +45,28 @@ def run_name(generator: Path) -> str:
     return folder.parent.name if folder.name == "snapshots" else folder.name
 
 
+@contextmanager
+def _sole_writer(ledger: Path):
+    """Hold an exclusive lock on the ledger's folder: scorings that finish at once (two lanes of the
+    final stage) each read the ledger and rename a new one over it, so without it one row is lost.
+    The folder, not the file, is locked because the rename replaces the file."""
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(ledger.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def record(ledger: Path, generator: Path, meta: dict, result: dict) -> None:
     """Append a row for ``result`` (an evaluate result) of the generator with sidecar ``meta``."""
     ledger = Path(ledger)
+    with _sole_writer(ledger):
+        _append(ledger, generator, meta, result)
+
+
+def _append(ledger: Path, generator: Path, meta: dict, result: dict) -> None:
     text = ledger.read_text(encoding="utf-8") if ledger.is_file() else ""
     header = next(csv.reader(io.StringIO(text)), None)
     if header is not None and tuple(header) != COLUMNS:
