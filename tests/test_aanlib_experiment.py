@@ -236,6 +236,27 @@ def test_the_ledger_appends_one_row_per_scoring_and_keys_the_recipe_not_the_path
         ledger.record(tmp_path / "other.csv", tmp_path / "run_x", meta, _result(60.0))
 
 
+def test_a_run_is_read_back_from_the_ledger_without_its_folder(tmp_path):
+    from experiments.aanlib.seeds import ledger_seed_run
+
+    book, run = tmp_path / "ledger.csv", tmp_path / "run_x"
+    run.mkdir()
+    meta = {"step": 3000, "sha256": "ab" * 32, "config": {}}
+    plain = _result(70.0) | {"inference": {"tta": "none", "mask": "none"}}
+    ledger.record(book, run, meta, plain | {"means": plain["means"] | {"head_ssim": 0.25}})
+    ledger.record(book, run, meta, _result(61.5))
+    run.rmdir()
+    found = ledger_seed_run(book, run, "flip", "auto")
+    assert (found.name, found.head_mae, found.head_ssim, found.reached, found.verdict) == ("run_x", 61.5, 0.25, True,
+                                                                                           None)
+    with pytest.raises(SynthctError, match="no plain scoring of run_y"):
+        ledger_seed_run(book, tmp_path / "run_y", "flip", "auto")
+    (tmp_path / "run_y").mkdir()
+    ledger.record(book, tmp_path / "run_y", meta, plain)
+    with pytest.raises(SynthctError, match="no scoring with --tta flip --mask auto of run_y"):
+        ledger_seed_run(book, tmp_path / "run_y", "flip", "auto")
+
+
 def _record_after(barrier, book: Path, run: Path, rows: int) -> None:
     barrier.wait()
     for i in range(rows):
@@ -528,3 +549,12 @@ def test_the_final_stage_trains_each_seed_scores_the_test_split_once_per_scoring
     again = final()  # nothing is trained or scored twice
     assert again.returncode == 0 and len(_ledger_rows(book)) == 4
     assert sum(log.read_text().count("scored already") for log in copy.glob("final-lane*.log")) == 2
+    # A fresh clone holds the ledger but not the runs: still nothing is trained or scored twice, and
+    # the median is the same, read from the ledger.
+    shutil.rmtree(copy / "runs")
+    shutil.rmtree(copy / "results")
+    fresh = final()
+    assert fresh.returncode == 0, fresh.stderr
+    assert len(_ledger_rows(book)) == 4 and not (copy / "runs").exists()
+    recipe_row = next(line for line in done.stdout.splitlines() if line.startswith("| final |"))
+    assert recipe_row in fresh.stdout.splitlines()

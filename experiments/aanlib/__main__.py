@@ -118,14 +118,16 @@ def _labelled(items: list[str], option: str) -> list[tuple[str, str]]:
 
 def cmd_seeds(args) -> None:
     from experiments.aanlib.evaluate import inference_suffix
-    from experiments.aanlib.seeds import HEALTH_HEADER, health_rows, promotion, promotion_row, read_seed_run, recipe_row
+    from experiments.aanlib.seeds import (HEALTH_HEADER, health_rows, ledger_seed_run, promotion, promotion_row,
+                                         read_seed_run, recipe_row)
 
     suffix = inference_suffix(args.tta, args.mask)
     lines = ["| recipe | seeds | head MAE median (range) | reached the CT's contrast |", "|---|---|---|---|"]
     recipes = {}
     for label, names in _labelled(args.recipe, "--recipe"):
-        recipes[label] = [read_seed_run(args.work / "results" / f"{name}.json",
-                                        args.work / "results" / f"{name}{suffix}.json", args.work / "runs" / name)
+        recipes[label] = [ledger_seed_run(args.ledger, args.work / "runs" / name, args.tta, args.mask) if args.ledger
+                          else read_seed_run(args.work / "results" / f"{name}.json",
+                                             args.work / "results" / f"{name}{suffix}.json", args.work / "runs" / name)
                           for name in names.split(",")]
         lines.append(recipe_row(label, recipes[label]))
     if args.against:
@@ -140,6 +142,10 @@ def cmd_seeds(args) -> None:
         lines += ["", *HEALTH_HEADER]
         lines += health_rows(every)
     print("\n".join(lines))
+
+
+def cmd_scored(args) -> int:
+    return 0 if ledger.last_scoring(args.ledger, args.run, args.tta, args.mask, args.step) else 1
 
 
 def cmd_table(args) -> None:
@@ -234,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "order given, seed by seed)")
     for flag, options in INFERENCE:
         p.add_argument(flag, **(options | {"help": "head MAE from the scoring with this option (" + options["help"] + ")"}))
+    p.add_argument("--ledger", type=Path, help="read the test-split scorings from this ledger rather than from "
+                   "WORK/results, so that the runs' folders need not exist (health verdicts come from those that do)")
+    p = command("scored", cmd_scored, "exit 0 when the ledger holds a run's test-split scoring at a step, 1 when not")
+    p.add_argument("--run", required=True, help="the run's name (its folder's name)")
+    p.add_argument("--step", type=int, required=True)
+    for flag, options in INFERENCE:
+        p.add_argument(flag, **options)
+    p.add_argument("--ledger", type=Path, default=ledger.LEDGER)
     p = command("table", cmd_table, "Markdown table of results, baselines and the reference's published numbers")
     p.add_argument("--result", action="append", default=[], metavar="LABEL=RESULT.json",
                    help="an evaluate result with its row label (repeatable)")

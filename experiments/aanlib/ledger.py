@@ -45,6 +45,17 @@ def run_name(generator: Path) -> str:
     return folder.parent.name if folder.name == "snapshots" else folder.name
 
 
+def last_scoring(ledger: Path, run: str, tta: str, mask: str, step: int | None = None) -> dict | None:
+    """The ledger's last row for ``run`` scored with these inference options (at ``step`` when
+    given); None when it has none."""
+    if not Path(ledger).is_file():
+        return None
+    with open(ledger, newline="", encoding="utf-8") as fh:
+        rows = [row for row in csv.DictReader(fh) if (row["run"], row["tta"], row["mask"]) == (run, tta, mask)
+                and (step is None or row["step"] == str(step))]
+    return rows[-1] if rows else None
+
+
 @contextmanager
 def _sole_writer(ledger: Path):
     """Hold an exclusive lock on the ledger's folder: scorings that finish at once (two lanes of the

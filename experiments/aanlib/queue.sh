@@ -14,7 +14,8 @@
 # <run> = <model>_seed<N>, or NAME_seed<N> when NAME is set (a screened variant: NAME=r1
 # EXTRA="--set model.r1_gamma=10"). Each finished run is scored plainly and, with DEFAULTS=1, also
 # with synthct translate's defaults (--tta flip --mask auto); test-split scorings are recorded in
-# LEDGER (default: the committed ledger).
+# LEDGER (default: the committed ledger), and a test-split run the ledger holds scored at STEPS is
+# skipped even when its folder is gone.
 set -u
 FOLD=${FOLD:-test}
 STEPS=${STEPS:-3000}
@@ -45,7 +46,14 @@ for job in "$@"; do
     [ "$DEFAULTS" = 1 ] && scorings+=("--tta flip --mask auto")
     suffixes=("" _tta-flip_mask-auto)
     scored=0
-    for i in "${!scorings[@]}"; do [ -f "$WORK/results/$run${suffixes[$i]}.json" ] && scored=$((scored + 1)); done
+    for i in "${!scorings[@]}"; do
+        # On the test split the ledger counts too: a finished run's folder may be gone (a fresh clone).
+        # shellcheck disable=SC2086  # a scoring is a list of arguments
+        if [ -f "$WORK/results/$run${suffixes[$i]}.json" ] || { [ "$FOLD" = test ] &&
+            $PY -m experiments.aanlib scored --ledger "$LEDGER" --run "$run" --step "$STEPS" ${scorings[$i]}; }; then
+            scored=$((scored + 1))
+        fi
+    done
     [ "$scored" = "${#scorings[@]}" ] && { echo "$run: scored already"; continue; }
     if [ "$(step_of "$dir")" != "$STEPS" ]; then
         if [ -d "$dir/checkpoints" ]; then

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.aanlib import ledger
 from synthct.engine.logging import read_log
 from synthct.engine.restarts import DEFAULT_CHECK_STEPS, DEFAULT_THRESHOLD
 from synthct.eval.health import discriminator_loss, discriminator_window, read_health
@@ -61,11 +62,25 @@ def read_seed_run(plain_result: Path, scored_result: Path, run_dir: Path) -> See
     if plain.get("inference", {}).get("tta", "none") != "none" or plain.get("inference", {}).get("mask") == "auto":
         raise SynthctError("the outcome is judged on a plain scoring (no --tta, no --mask)", plain_result)
     scored = json.loads(Path(scored_result).read_text(encoding="utf-8"))
+    return _seed_run(Path(run_dir), scored["means"]["head_mae"], plain["means"]["head_ssim"])
+
+
+def ledger_seed_run(book: Path, run_dir: Path, tta: str, mask: str) -> SeedRun:
+    """A test-split run's outcome and head MAE from its last scorings in the ledger (plain, and with
+    ``tta``/``mask``), so that its folder need not exist; its health verdict where the folder does."""
+    name = Path(run_dir).name
+    plain, scored = (ledger.last_scoring(book, name, *options) for options in (("none", "none"), (tta, mask)))
+    for row, what in ((plain, "plain scoring"), (scored, f"scoring with --tta {tta} --mask {mask}")):
+        if row is None:
+            raise SynthctError(f"the ledger holds no {what} of {name}", book)
+    return _seed_run(Path(run_dir), float(scored["head_mae"]), float(plain["head_ssim"]))
+
+
+def _seed_run(run_dir: Path, head_mae: float, plain_head_ssim: float) -> SeedRun:
     health = read_health(run_dir)
     verdict = health["checks"][-1]["verdict"] if health and health.get("checks") else None
-    ssim = plain["means"]["head_ssim"]
-    return SeedRun(Path(run_dir).name, scored["means"]["head_mae"], ssim, ssim >= CT_CONTRAST_SSIM, verdict,
-                   early_discriminator_loss(Path(run_dir) / "log.csv"))
+    return SeedRun(run_dir.name, head_mae, plain_head_ssim, plain_head_ssim >= CT_CONTRAST_SSIM, verdict,
+                   early_discriminator_loss(run_dir / "log.csv"))
 
 
 def early_discriminator_loss(log: Path, check_steps: int = DEFAULT_CHECK_STEPS) -> float | None:
