@@ -7,7 +7,8 @@ three references scored exactly like the demo (MAE inside the body of the held-o
   true pairs of the training MR cases (MR scaled by its 0.5-99.5 percentiles inside the body);
 * the demo's generator trained with those true pairs (L1 only, no adversary, no cycle), for the
   demo's step budget and for four times it: what the budget allows a model that is told the answer
-  (``--set`` changes that generator or its training, e.g. ``--set model.generator=unet``).
+  (``--set`` changes that generator or its training, e.g. ``--set model.generator=unet``), scored on
+  the held-out cases and on its own training cases.
 
     python -m experiments.demo_floor [--steps 400 1600] [--threads 1] [--set KEY=VALUE ...] [--overwrite]
 
@@ -130,6 +131,11 @@ def floors(out: Path, steps: list[int], precision: str, threads: int | None = No
         _translate_cases(result.generators["mr2ct"], test, out / f"sct_l1_{n}", precision, lambda *_: None)
         rows.append({"reference": "the demo's generator, L1 on the true pairs", "steps": n, "options": list(overrides),
                      **dict(zip(("mae", "bone_dice"), _score(out / f"sct_l1_{n}", test)))})
+        # Its own training cases: a model that fits them and fails the held-out ones lacks data, one
+        # that fails both lacks steps or capacity.
+        _translate_cases(result.generators["mr2ct"], pairs, out / f"sct_l1_{n}_train", precision, lambda *_: None)
+        rows.append({"reference": "the same, on its own training cases", "steps": n, "options": list(overrides),
+                     **dict(zip(("mae", "bone_dice"), _score(out / f"sct_l1_{n}_train", pairs)))})
     return rows
 
 

@@ -35,13 +35,19 @@ def test_the_floors_order_and_refuse_to_overwrite(tmp_path, capsys):
 
 
 def test_set_options_reach_the_l1_trained_generator(tmp_path):
+    from synthct.demo import DemoSettings
     from synthct.engine import load_run_config
 
     out = tmp_path / "floor"
     assert demo_floor.main(["--steps", "2", "--precision", "fp32", "--threads", "1", "--out", str(out),
                             "--set", "model.generator=unet", "--set", "model.unet_downs=5"]) == 0
-    trained = json.loads((out / "rows.json").read_text())[-1]
+    trained, on_training_cases = json.loads((out / "rows.json").read_text())[-2:]
     assert trained["steps"] == 2 and trained["options"] == ["model.generator=unet", "model.unet_downs=5"]
+    # The same generator is also scored on the cases it trained on, each translated once.
+    assert on_training_cases["reference"] == "the same, on its own training cases"
+    assert on_training_cases["steps"] == 2 and on_training_cases["mae"] != trained["mae"]
+    assert sorted(p.name for p in (out / "sct_l1_2_train").iterdir()) == [
+        f"phantom_{i:03d}" for i in range(DemoSettings.train_cases)]
     assert load_run_config(out / "run_l1_2" / "config.yaml").model.generator == "unet"
 
 
