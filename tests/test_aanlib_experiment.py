@@ -234,6 +234,8 @@ def test_the_ledger_appends_one_row_per_scoring_and_keys_the_recipe_not_the_path
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SynthctError, match="not a ledger of test-split scorings"):
         ledger.record(tmp_path / "other.csv", tmp_path / "run_x", meta, _result(60.0))
+    with pytest.raises(SynthctError, match="not a ledger of test-split scorings"):
+        ledger.last_scoring(tmp_path / "other.csv", "run_x", "flip", "auto")
 
 
 def test_a_run_is_read_back_from_the_ledger_without_its_folder(tmp_path):
@@ -412,6 +414,12 @@ def test_the_queue_resumes_a_stopped_run_and_scores_each_finished_run_once(work,
     assert [(r["run"], r["tta"], r["mask"]) for r in _ledger_rows(book)[1:]] == [
         ("variant_seed0", "none", "none"), ("variant_seed0", "flip", "auto")]
     assert {p.name for p in (copy / "results").iterdir()} >= {"variant_seed0.json", "variant_seed0_tta-flip_mask-auto.json"}
+    # A LEDGER that is not a ledger stops the queue before it trains, not after.
+    (tmp_path / "notes.csv").write_text("a,b\n1,2\n")
+    env |= {"NAME": "other", "LEDGER": str(tmp_path / "notes.csv")}
+    refused = queue()
+    assert refused.returncode == 2 and "not a ledger of test-split scorings" in refused.stderr
+    assert not (copy / "runs" / "other_seed0").exists()
 
 
 @pytest.mark.slow

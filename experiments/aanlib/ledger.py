@@ -51,9 +51,16 @@ def last_scoring(ledger: Path, run: str, tta: str, mask: str, step: int | None =
     if not Path(ledger).is_file():
         return None
     with open(ledger, newline="", encoding="utf-8") as fh:
-        rows = [row for row in csv.DictReader(fh) if (row["run"], row["tta"], row["mask"]) == (run, tta, mask)
+        reader = csv.DictReader(fh)
+        _check_columns(reader.fieldnames, ledger)
+        rows = [row for row in reader if (row["run"], row["tta"], row["mask"]) == (run, tta, mask)
                 and (step is None or row["step"] == str(step))]
     return rows[-1] if rows else None
+
+
+def _check_columns(header: list[str] | None, ledger: Path) -> None:
+    if header is not None and tuple(header) != COLUMNS:
+        raise SynthctError(f"not a ledger of test-split scorings (expected the columns {', '.join(COLUMNS)})", ledger)
 
 
 @contextmanager
@@ -80,8 +87,7 @@ def record(ledger: Path, generator: Path, meta: dict, result: dict) -> None:
 def _append(ledger: Path, generator: Path, meta: dict, result: dict) -> None:
     text = ledger.read_text(encoding="utf-8") if ledger.is_file() else ""
     header = next(csv.reader(io.StringIO(text)), None)
-    if header is not None and tuple(header) != COLUMNS:
-        raise SynthctError(f"not a ledger of test-split scorings (expected the columns {', '.join(COLUMNS)})", ledger)
+    _check_columns(header, ledger)
     row = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "run": run_name(generator), "generator": Path(generator).name, "step": meta.get("step"),
            "weights_sha256": meta.get("sha256"), "config_sha256": config_sha256(meta.get("config") or {}),

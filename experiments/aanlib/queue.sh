@@ -47,11 +47,12 @@ for job in "$@"; do
     suffixes=("" _tta-flip_mask-auto)
     scored=0
     for i in "${!scorings[@]}"; do
-        # On the test split the ledger counts too: a finished run's folder may be gone (a fresh clone).
-        # shellcheck disable=SC2086  # a scoring is a list of arguments
-        if [ -f "$WORK/results/$run${suffixes[$i]}.json" ] || { [ "$FOLD" = test ] &&
-            $PY -m experiments.aanlib scored --ledger "$LEDGER" --run "$run" --step "$STEPS" ${scorings[$i]}; }; then
+        if [ -f "$WORK/results/$run${suffixes[$i]}.json" ]; then
             scored=$((scored + 1))
+        elif [ "$FOLD" = test ]; then  # the ledger counts too: a finished run's folder may be gone (a fresh clone)
+            # shellcheck disable=SC2086  # a scoring is a list of arguments
+            $PY -m experiments.aanlib scored --ledger "$LEDGER" --run "$run" --step "$STEPS" ${scorings[$i]}
+            case $? in 0) scored=$((scored + 1)) ;; 1) ;; *) exit 2 ;; esac  # 2: not a ledger
         fi
     done
     [ "$scored" = "${#scorings[@]}" ] && { echo "$run: scored already"; continue; }
