@@ -10,7 +10,8 @@ three references scored exactly like the demo (MAE inside the body of the held-o
   (``--set`` changes that generator or its training, e.g. ``--set model.generator=unet``), scored on
   the held-out cases and on its own training cases.
 
-    python -m experiments.demo_floor [--steps 400 1600] [--threads 1] [--set KEY=VALUE ...] [--overwrite]
+    python -m experiments.demo_floor [--steps 400 1600] [--threads 1] [--set KEY=VALUE ...] [--grid 192 1.2]
+                                     [--overwrite]
 
 Outputs go to runs/demo_floor/ (ignored).
 """
@@ -18,6 +19,7 @@ Outputs go to runs/demo_floor/ (ignored).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -88,7 +90,7 @@ def _score(sct: Path, test: Path) -> tuple[float, float]:
 
 
 def floors(out: Path, steps: list[int], precision: str, threads: int | None = None,
-           overrides: tuple[str, ...] = ()) -> list[dict]:
+           overrides: tuple[str, ...] = (), grid: tuple[int, float] | None = None) -> list[dict]:
     from synthct.config import RunConfig, apply_overrides
     from synthct.data.phantom import CT_HU_RANGES, _mix, _tissue_probabilities, phantom_labels
     from synthct.demo import DemoSettings, _prepare_data, _translate_cases
@@ -96,6 +98,8 @@ def floors(out: Path, steps: list[int], precision: str, threads: int | None = No
     from synthct.io.image import read_image
 
     s = DemoSettings(precision=precision)
+    if grid:  # the same anatomy in mm on another in-plane grid (the slices stay 4 mm apart)
+        s = dataclasses.replace(s, size=grid[0], spacing=(grid[1], grid[1], s.spacing[2]))
     _, _, test = _prepare_data(out, s)
     phantoms = out / "phantoms"
     rows = []
@@ -146,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads of the trainings (default: all cores)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="an option of the L1-trained generator's config, as `synthct train --set`")
+    parser.add_argument("--grid", nargs=2, metavar=("PIXELS", "MM"), type=float,
+                        help="phantoms on another in-plane grid, e.g. 192 1.2 (default: the demo's 96 px of 2.4 mm)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run of this script in --out")
     args = parser.parse_args(argv)
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.overwrite:
                 raise SynthctError("output folder is not empty; pass --overwrite to replace it", args.out)
             shutil.rmtree(args.out)
-        rows = floors(args.out, args.steps, args.precision, args.threads, tuple(args.overrides))
+        grid = (int(args.grid[0]), args.grid[1]) if args.grid else None
+        rows = floors(args.out, args.steps, args.precision, args.threads, tuple(args.overrides), grid)
     except SynthctError as exc:
         print(f"experiments.demo_floor: error: {exc}", file=sys.stderr)
         return 2

@@ -55,3 +55,16 @@ def test_an_unknown_option_is_a_one_line_error(tmp_path, capsys):
     assert demo_floor.main(["--steps", "2", "--out", str(tmp_path / "floor"), "--set", "model.no_such=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("experiments.demo_floor: error:") and err.count("\n") == 1
+
+
+def test_another_grid_holds_the_same_anatomy_in_mm(tmp_path):
+    from synthct.demo import DemoSettings
+    from synthct.io.image import read_image
+
+    out = tmp_path / "floor"
+    assert demo_floor.main(["--steps", "--grid", "48", "4.8", "--out", str(out)]) == 0
+    mr = read_image(out / "phantoms" / "phantom_000" / "mr.nii.gz")
+    assert mr.array.shape == (DemoSettings.depth, 48, 48)
+    assert np.allclose(mr.spacing, (4.8, 4.8, DemoSettings.spacing[2]))
+    anatomy = json.loads((out / "rows.json").read_text())[0]
+    assert anatomy["bone_dice"] > 0.9  # the reference anatomy is drawn on the same grid as the phantoms
