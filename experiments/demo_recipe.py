@@ -5,12 +5,15 @@ step budget) with its `--set` options on the demo's config, and the held-out sco
         --variant "as shipped=" --variant "no identity=model.lambda_identity=0" \
         --variant "no identity, body-masked=model.lambda_identity=0;model.body_masked=true"
 
-A variant is LABEL=OPTIONS with OPTIONS separated by ';'. Outputs go to runs/demo_recipe/ (ignored).
+A variant is LABEL=OPTIONS with OPTIONS separated by ';': training config overrides, or demo
+settings as ``demo.FIELD=VALUE`` (``demo.size=128;demo.spacing=1.8,1.8,4.0``). Outputs go to
+runs/demo_recipe/ (ignored).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -30,20 +33,42 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
     return label, tuple(o for o in options.split(";") if o)
 
 
+def demo_settings(options: tuple[str, ...], **given) -> DemoSettings:
+    """The demo's settings with ``options`` applied: ``demo.FIELD=VALUE`` sets a DemoSettings field
+    (``demo.spacing=1.8,1.8,4.0``), anything else is a training config override."""
+    defaults = DemoSettings()
+    fields = {f.name for f in dataclasses.fields(DemoSettings)} - {"overrides", *given}
+    settings, overrides = {}, []
+    for option in options:
+        key, _, value = option.partition("=")
+        if not key.startswith("demo."):
+            overrides.append(option)
+            continue
+        name = key.removeprefix("demo.")
+        if name not in fields:
+            raise SynthctError(f"'{key}' is not a demo setting (one of {', '.join(sorted(fields))})")
+        default = getattr(defaults, name)
+        try:
+            settings[name] = (tuple(float(v) for v in value.split(",")) if isinstance(default, tuple)
+                              else type(default)(value))
+        except ValueError:
+            raise SynthctError(f"'{option}': expected a value like {default!r}") from None
+    return DemoSettings(**given, **settings, overrides=tuple(overrides))
+
+
 def screen(variants: list[tuple[str, tuple[str, ...]]], seeds: list[int], steps: int, precision: str,
            out: Path) -> list[dict]:
+    runs = [(label, options, seed, demo_settings(options, steps=steps, seed=seed, precision=precision))
+            for label, options in variants for seed in seeds]  # a bad option fails before any run
     rows = []
-    for label, options in variants:
-        for seed in seeds:
-            folder = out / f"{label.replace(' ', '_').replace(',', '')}_seed{seed}"
-            result = run_demo(folder, DemoSettings(steps=steps, seed=seed, precision=precision, overrides=options),
-                              overwrite=True, log=lambda *_: None)
-            metrics = result.summary["metrics"]
-            rows.append({"variant": label, "options": list(options), "seed": seed, "steps": result.steps,
-                         "mae": metrics["mae"]["mean"], "bone_dice": metrics["bone_dice"]["mean"],
-                         "ssim": metrics["ssim"]["mean"], "mae_untrained": result.mae_untrained})
-            print(f"{label} seed {seed}: MAE {rows[-1]['mae']:.1f} HU, bone Dice {rows[-1]['bone_dice']:.2f}",
-                  flush=True)
+    for label, options, seed, settings in runs:
+        folder = out / f"{label.replace(' ', '_').replace(',', '')}_seed{seed}"
+        result = run_demo(folder, settings, overwrite=True, log=lambda *_: None)
+        metrics = result.summary["metrics"]
+        rows.append({"variant": label, "options": list(options), "seed": seed, "steps": result.steps,
+                     "mae": metrics["mae"]["mean"], "bone_dice": metrics["bone_dice"]["mean"],
+                     "ssim": metrics["ssim"]["mean"], "mae_untrained": result.mae_untrained})
+        print(f"{label} seed {seed}: MAE {rows[-1]['mae']:.1f} HU, bone Dice {rows[-1]['bone_dice']:.2f}", flush=True)
     return rows
 
 
