@@ -81,21 +81,17 @@ def record(ledger: Path, generator: Path, meta: dict, result: dict) -> None:
     """Append a row for ``result`` (an evaluate result) of the generator with sidecar ``meta``."""
     ledger = Path(ledger)
     with _sole_writer(ledger):
-        _append(ledger, generator, meta, result)
-
-
-def _append(ledger: Path, generator: Path, meta: dict, result: dict) -> None:
-    text = ledger.read_text(encoding="utf-8") if ledger.is_file() else ""
-    header = next(csv.reader(io.StringIO(text)), None)
-    _check_columns(header, ledger)
-    row = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-           "run": run_name(generator), "generator": Path(generator).name, "step": meta.get("step"),
-           "weights_sha256": meta.get("sha256"), "config_sha256": config_sha256(meta.get("config") or {}),
-           "tta": result["inference"]["tta"], "mask": result["inference"]["mask"], "slices": result["n_slices"]}
-    row |= {key: f"{result['means'][key]:.{digits}f}" for key, digits in METRIC_DIGITS.items()}
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
-    if header is None:
-        writer.writeheader()
-    writer.writerow(row)
-    atomic_write_text(ledger, text + ("" if not text or text.endswith("\n") else "\n") + out.getvalue())
+        text = ledger.read_text(encoding="utf-8") if ledger.is_file() else ""
+        header = next(csv.reader(io.StringIO(text)), None)
+        _check_columns(header, ledger)
+        row = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+               "run": run_name(generator), "generator": Path(generator).name, "step": meta.get("step"),
+               "weights_sha256": meta.get("sha256"), "config_sha256": config_sha256(meta.get("config") or {}),
+               "tta": result["inference"]["tta"], "mask": result["inference"]["mask"], "slices": result["n_slices"]}
+        row |= {key: f"{result['means'][key]:.{digits}f}" for key, digits in METRIC_DIGITS.items()}
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+        if header is None:
+            writer.writeheader()
+        writer.writerow(row)
+        atomic_write_text(ledger, text + ("" if not text or text.endswith("\n") else "\n") + out.getvalue())
