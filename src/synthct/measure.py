@@ -77,6 +77,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets that decide which convolution kernels a CPU runs (AVX2, AVX-512) and
+# whether bf16 is native (AVX512-BF16, AMX) or emulated.
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags(wanted: tuple[str, ...] = KERNEL_FLAGS) -> list[str]:
+    """Those of ``wanted`` that /proc/cpuinfo lists for this CPU, in ``wanted``'s order (empty
+    where /proc is missing)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in wanted if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def peak_rss_mib() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
