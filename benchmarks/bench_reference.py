@@ -124,23 +124,28 @@ def alternate(steps: dict[str, Callable[[], object]], pairs: int, warmup: int,
 
 def measure(reference: Path, size: int, ngf: int, pairs: int, warmup: int, with_bf16: bool,
             floors: bool) -> tuple[list[Timed], dict[str, float]]:
-    """The timed rows (reference fp32 first) and the matmul rates that the floors divide by."""
+    """The timed rows (reference fp32 first) and the matmul rates that the floors divide by:
+    the median of one rate per round, measured in the rounds themselves, since on a shared
+    machine the rate moves with the load as much as the steps do."""
     model_class = load_reference(reference)
     batch = random_batch(size)
     rows = [("reference", "fp32", reference_step(model_class, size, ngf, batch)),
             ("synthct", "fp32", synthct_step(size, ngf, "fp32", batch))]
     if with_bf16:
         rows.append(("synthct", "bf16", synthct_step(size, ngf, "bf16", batch)))
-    seconds = alternate({f"{label} {precision}": step for label, precision, step in rows}, pairs, warmup)
+    steps = {f"{label} {precision}": step for label, precision, step in rows}
+    precisions = {row[1] for row in rows} if floors else set()
+    sampled: dict[str, list[float]] = {precision: [] for precision in precisions}
+    for precision in precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        steps[f"matmul {precision}"] = lambda dtype=dtype, rates=sampled[precision]: rates.append(
+            matmul_rate(dtype, torch.device("cpu"), repeats=3))
+    seconds = alternate(steps, pairs, warmup)
     timed = [Timed(label, precision, seconds[f"{label} {precision}"]) for label, precision, _ in rows]
-    rates: dict[str, float] = {}
     if floors:
         for row, (_, _, step) in zip(timed, rows):
             row.flops = count_flops(step)
-        rates = {"fp32": matmul_rate(torch.float32, torch.device("cpu"))}
-        if with_bf16:
-            rates["bf16"] = matmul_rate(torch.bfloat16, torch.device("cpu"))
-    return timed, rates
+    return timed, {precision: statistics.median(rates[warmup:]) for precision, rates in sampled.items()}
 
 
 def markdown(rows: list[Timed], rates: dict[str, float]) -> str:
@@ -185,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.pairs} alternated rounds after {args.warmup} warm-up round(s); load before/after "
           f"{load_before}/{load_average()}")
     if rates:
-        print("Matmul rates (TFLOP/s): " + ", ".join(f"{name} {rate:.3f}" for name, rate in rates.items()))
+        print("Matmul rates (TFLOP/s, median of one per round): "
+              + ", ".join(f"{name} {rate:.3f}" for name, rate in sorted(rates.items(), reverse=True)))
     if not with_bf16 and not args.no_bf16:
         print("No bf16 row: this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated.")
     print()

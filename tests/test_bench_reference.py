@@ -107,7 +107,7 @@ def one_thread():
 
 
 def test_tiny_side_by_side_runs_both_codes_alternately(fake_reference, monkeypatch, one_thread):
-    monkeypatch.setattr(bench_reference, "matmul_rate", lambda dtype, device: 0.1)
+    monkeypatch.setattr(bench_reference, "matmul_rate", lambda dtype, device, repeats: 0.1)
     rows, rates = bench_reference.measure(fake_reference, size=32, ngf=2, pairs=2, warmup=1, with_bf16=True,
                                           floors=True)
     calls = sys.modules["models.cycle_gan_model"].CALLS

@@ -86,9 +86,9 @@ class _InstanceNormAct(torch.autograd.Function):
         grad = grad.to(x.dtype)
         if ctx.negative_slope is not None:  # x_hat > 0 exactly where x > mean
             positive = x > mean[:, :, None, None]
-            # (masked_fill would return a contiguous tensor and lose channels_last)
-            grad = (grad * positive if ctx.negative_slope == 0
-                    else torch.where(positive, grad, grad * ctx.negative_slope))
+            # torch.where keeps channels_last (masked_fill would not), and unlike grad * positive
+            # it does not convert the mask to grad's dtype in a pass of its own
+            grad = torch.where(positive, grad, 0.0 if ctx.negative_slope == 0 else grad * ctx.negative_slope)
         pieces = [torch.ops.aten.native_batch_norm_backward(
             grad[i:i + 1], x[i:i + 1], None, None, None, mean[i], invstd[i], True, ctx.eps,
             [True, False, False])[0] for i in range(x.shape[0])]
@@ -199,16 +199,83 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+class _FewOutputConv(torch.autograd.Function):
+    """A stride-1 convolution without padding whose k x k x out_channels taps are few (the
+    output head: 64 -> 1 channel, 7x7), as one matrix product per sample and shifted sums, on
+    the CPU in fp32. oneDNN runs a one-channel output at a few GFLOP/s (about 5x slower than
+    this, forward and backward, 256 x 256 on one Zen 4 core).
+
+    With the input flattened to rows of its padded width wp, tap (di, dj) of output pixel q is
+    input pixel q + di * wp + dj: z = taps @ x gives every tap's contribution at every pixel,
+    and the output sums the k * k shifted slices of z (wp - wo columns per row are computed and
+    dropped). The backward is the transpose: the gradient placed at each tap's shift, then two
+    matrix products.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        n, cin, hp, wp = x.shape
+        cout, _, k, _ = weight.shape
+        ho, wo = hp - k + 1, wp - k + 1
+        span = ho * wp - k + 1  # the last row's dropped columns would read past the input
+        taps = weight.permute(2, 3, 0, 1).reshape(k * k * cout, cin)
+        flat = x.reshape(n, cin, hp * wp)
+        y = x.new_zeros(n, cout, ho * wp)
+        for i in range(n):
+            z = taps @ flat[i]
+            for t in range(k * k):
+                offset = (t // k) * wp + t % k
+                y[i, :, :span] += z[t * cout:(t + 1) * cout, offset:offset + span]
+        y = y.view(n, cout, ho, wp)[:, :, :, :wo]
+        y = y + bias[:, None, None] if bias is not None else y.contiguous()
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        n, cin, hp, wp = x.shape
+        cout, _, k, _ = weight.shape
+        ho, wo = hp - k + 1, wp - k + 1
+        span = ho * wp - k + 1
+        want_x, want_w = ctx.needs_input_grad[:2]
+        taps = weight.permute(2, 3, 0, 1).reshape(k * k * cout, cin)
+        flat = x.reshape(n, cin, hp * wp)
+        rows = x.new_zeros(n, cout, ho, wp)
+        rows[:, :, :, :wo] = grad
+        rows = rows.view(n, cout, ho * wp)
+        grad_taps = torch.zeros_like(taps) if want_w else None
+        grad_x = torch.empty_like(flat) if want_x else None
+        for i in range(n):
+            z = x.new_zeros(k * k * cout, hp * wp)
+            for t in range(k * k):
+                offset = (t // k) * wp + t % k
+                z[t * cout:(t + 1) * cout, offset:offset + span] = rows[i, :, :span]
+            if want_w:
+                grad_taps.addmm_(z, flat[i].t())
+            if want_x:
+                torch.mm(taps.t(), z, out=grad_x[i])
+        grad_weight = grad_taps.view(k, k, cout, cin).permute(2, 3, 0, 1).contiguous() if want_w else None
+        grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return (grad_x.view_as(x) if want_x else None), grad_weight, grad_bias
+
+
 class OutputHead(nn.Sequential):
     """c7s1-out + tanh, always in fp32: in bf16 the tanh output would be quantised to steps of
-    2**-8 of the model range (about 4 HU in soft tissue), more than the generator's error."""
+    2**-8 of the model range (about 4 HU in soft tissue), more than the generator's error. On
+    the CPU its convolution runs as matrix products (``_FewOutputConv``)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(ReflectionPad(3), nn.Conv2d(in_channels, out_channels, 7), nn.Tanh())
 
     def forward(self, x: Tensor) -> Tensor:
+        pad, conv, tanh = self
         with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.float())
+            x = pad(x.float())
+            if x.device.type == "cpu" and not (torch.jit.is_tracing() or torch.jit.is_scripting()):
+                return tanh(_FewOutputConv.apply(x.contiguous(), conv.weight, conv.bias))
+            return tanh(conv(x))
 
 
 class UnetDown(nn.Sequential):
