@@ -272,10 +272,11 @@ class OutputHead(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         pad, conv, tanh = self
         with torch.autocast(x.device.type, enabled=False):
-            x = pad(x.float())
             if x.device.type == "cpu" and not (torch.jit.is_tracing() or torch.jit.is_scripting()):
-                return tanh(_FewOutputConv.apply(x.contiguous(), conv.weight, conv.bias))
-            return tanh(conv(x))
+                # fp32 and NCHW in one conversion (a bf16 channels_last input would take two)
+                x = pad(x.to(torch.float32, memory_format=torch.contiguous_format))
+                return tanh(_FewOutputConv.apply(x, conv.weight, conv.bias))
+            return tanh(conv(pad(x.float())))
 
 
 class UnetDown(nn.Sequential):
