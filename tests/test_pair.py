@@ -18,7 +18,7 @@ from synthct.registration.register import register_ct
 # Small grids with the default field of view (192 x 192 x 160 mm): the head keeps its size in mm.
 SIZE_3D, SPACING_3D = (48, 48, 16), (4.0, 4.0, 10.0)
 SIZE_2D, SPACING_2D = (64, 64, 16), (3.0, 3.0, 10.0)
-SLICE_2D = 10  # above the skull base: skull ring, brain and ventricles
+SLICE_2D = 6  # mid-brain: skull ring, brain and ventricles, a large section in every case
 BONE_HU = 250.0
 PHANTOM_PAIRS = ((0, 1), (2, 3), (4, 5))  # (the MR's case, the CT's case)
 
@@ -50,19 +50,20 @@ def bone_dice_gain(make, mr_case: int, ct_case: int, seed: int = 0, threads: int
     return dice(registered.array >= BONE_HU, true_bone) - dice(ct.array >= BONE_HU, true_bone)
 
 
-# Mean bone Dice gain over PHANTOM_PAIRS, measured for registration seeds 0-4, each with 1 and
-# 2 threads: 3D 0.218 to 0.242 (smallest single pair 0.131), 2D 0.177 to 0.285 (smallest single
-# pair -0.003: one slice pair that registration neither helped nor hurt). The margins sit below
-# the smallest means; seed 0 with 1 thread, as here, gave 0.219 (3D) and 0.209 (2D).
-MARGIN_3D = 0.18
-MARGIN_2D = 0.14
+# Bone Dice gain over PHANTOM_PAIRS, measured for registration seeds 0-4, each with 1 and 2
+# threads (the same gains on both): mean over the pairs 0.169 to 0.250 in 3D and 0.210 to 0.330
+# in 2D; smallest single pair 0.105 (3D) and 0.090 (2D). Seed 0 on 1 thread, as here: 0.169 and
+# 0.210. The margins sit below the smallest measured values.
+MARGIN_3D = 0.14
+MARGIN_2D = 0.17
+MARGIN_ONE_PAIR = 0.05
 
 
 @pytest.mark.parametrize("make,margin", [(phantom_3d, MARGIN_3D), (phantom_2d, MARGIN_2D)], ids=["3d", "2d"])
 def test_registration_puts_the_ct_bone_on_the_mr_bone(make, margin):
     gains = [bone_dice_gain(make, mr_case, ct_case) for mr_case, ct_case in PHANTOM_PAIRS]
     assert np.mean(gains) > margin, gains
-    assert min(gains) > -0.05, gains
+    assert min(gains) > MARGIN_ONE_PAIR, gains
 
 
 def test_registration_is_reproducible_and_nearly_independent_of_threads():
@@ -93,7 +94,7 @@ def eight_bit(array: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((array - low) / (high - low) * 255.0, 0, 255).round()
 
 
-def write_slice_subjects(root, subjects=("a", "b", "c"), levels=(8, 10)):
+def write_slice_subjects(root, subjects=("a", "b", "c"), levels=(5, 7)):
     """8-bit PNG slices (AANLIB-like: CT windowed to grey levels), two levels of each subject's
     phantom, MR and CT of a slice under one name; and the subjects CSV."""
     rows = ["file,subject"]
@@ -147,7 +148,7 @@ def test_pair_command_on_volumes_matches_atlas_synthesis_with_one_worker(tmp_pat
 
 
 def test_pair_refuses_to_overwrite_and_names_a_bad_file(tmp_path, capsys):
-    write_slice_subjects(tmp_path, subjects=("a", "b"), levels=(10,))
+    write_slice_subjects(tmp_path, subjects=("a", "b"), levels=(6,))
     args = ["pair", "--mr", str(tmp_path / "mr"), "--ct", str(tmp_path / "ct"), "--out", str(tmp_path / "pairs"),
             "--k", "1", "--candidates", "1", "--workers", "1"]
     assert main(args) == 0
@@ -161,13 +162,13 @@ def test_pair_refuses_to_overwrite_and_names_a_bad_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("csv_text,problem", [
-    ("name,subject\na10.png,a\n", "needs columns file and subject"),
-    ("file,subject\na10.png,a\n", "b10.png is not listed"),
-    ("file,subject\na10.png,a\nb10.png,a\n", "every CT is of this MR's own subject"),
-    ("file,subject\na10.png,a\na10.png,b\n", "listed under two subjects"),
+    ("name,subject\na6.png,a\n", "needs columns file and subject"),
+    ("file,subject\na6.png,a\n", "b6.png is not listed"),
+    ("file,subject\na6.png,a\nb6.png,a\n", "every CT is of this MR's own subject"),
+    ("file,subject\na6.png,a\na6.png,b\n", "listed under two subjects"),
 ])
 def test_subject_file_problems_are_one_line_errors(tmp_path, capsys, csv_text, problem):
-    write_slice_subjects(tmp_path, subjects=("a", "b"), levels=(10,))
+    write_slice_subjects(tmp_path, subjects=("a", "b"), levels=(6,))
     (tmp_path / "subjects.csv").write_text(csv_text)
     rc = main(["pair", "--mr", str(tmp_path / "mr"), "--ct", str(tmp_path / "ct"), "--out", str(tmp_path / "pairs"),
                "--subjects", str(tmp_path / "subjects.csv"), "--workers", "1", "--k", "1", "--candidates", "1"])

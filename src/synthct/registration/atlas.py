@@ -6,8 +6,8 @@ centres of mass coincide), only the best few are registered (``register.register
 is a synthetic CT on the MR's grid: a registration-only baseline, and the CT half of pseudo pairs
 (``synthct pair``).
 
-Registrations of many MRs run in a process pool, one SimpleITK thread per process; every
-registration is seeded, so the result does not depend on the number of workers.
+Registrations run in a process pool, each on one SimpleITK thread and seeded, so the result
+does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from synthct.data.mask import body_mask
 from synthct.errors import SynthctError
 from synthct.io.image import read_image
 from synthct.io.volume import Volume
-from synthct.registration.register import Registered, body_region, mutual_information, register_ct, to_image
+from synthct.registration.register import (Registered, body_region, mutual_information, register_ct, sitk_threads,
+                                           to_image)
 
 # Fill value outside a CT's field of view: air, in HU or on the 8-bit scale.
 AIR = {"hu": -1000.0, "8bit": 0.0}
@@ -126,15 +127,12 @@ def fuse(mr: Image, registered: dict[str, Registered], kind: str, k: int) -> Syn
     """The voxel-wise median of the ``k`` registered CTs (of intensity ``kind``) with the highest MI."""
     best = sorted(registered, key=lambda path: (-registered[path].mutual_information, path))[:k]
     fused = np.median(np.stack([registered[path].array for path in best]), axis=0).astype(np.float32)
-    region = body_region(sitk.Cast(to_image(mr.volume, mr.mask), sitk.sitkUInt8))
-    mi = mutual_information(to_image(mr.volume), to_image(mr.volume, fused), region)
+    with sitk_threads(1):
+        region = body_region(to_image(mr.volume, mr.mask))
+        mi = mutual_information(to_image(mr.volume), to_image(mr.volume, fused), region)
     fused_body = body_mask(fused, "8bit" if kind == "8bit" else "ct")
     return Synthesis(fused, best, [registered[path].mutual_information for path in best], mi,
                      dice(fused_body, mr.mask), len(registered))
-
-
-def _one_thread() -> None:
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def _registrations(tasks: list[tuple[str, str]], seed: int, workers: int) -> Iterator[tuple[tuple[str, str], object]]:
@@ -144,8 +142,7 @@ def _registrations(tasks: list[tuple[str, str]], seed: int, workers: int) -> Ite
             yield task, register_files(*task, seed)
         return
     # spawn, not fork: forking a process whose ITK thread pool has started can deadlock.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(register_files, *task, seed): task for task in tasks}
         try:
             for future in as_completed(futures):

@@ -3,12 +3,13 @@ affine stage, then a B-spline stage, each multi-resolution.
 
 The MR is the fixed image, so the registered CT lands on the MR's grid. The affine stage starts
 from CenteredTransformInitializer on the two body masks: moments of intensities mean little for
-a CT whose air is -1000 HU. Metric sampling is random with a fixed seed and every filter runs on
-the threads it is given, so a result does not depend on the machine.
+a CT whose air is -1000 HU. Metric sampling is random with a fixed seed, and a registration runs
+on the threads it is given (one by default), so its result does not depend on the machine.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,9 @@ HISTOGRAM_BINS = 16
 # Each level's metric draws about this many random points of the MR's grid (the ones in its body
 # region count): enough for a stable MI, few enough that the cost does not grow with the volume.
 METRIC_SAMPLES = 10000
+# The MI that compares stages and candidates reads every voxel of grids up to this size and a
+# fixed seeded sample of this many points of larger ones: the same points for every moving image.
+COMPARISON_SAMPLES = 200000
 # Multi-resolution shrink factors, coarse to fine, as long as the coarsest level keeps this many
 # pixels across the smaller in-plane side (MI on fewer is too noisy to steer an affine).
 SHRINK_FACTORS = (4, 2, 1)
@@ -40,7 +44,7 @@ class Registered:
     """A CT resampled onto an MR's grid after registration, and how well it fits."""
 
     array: np.ndarray  # (z, y, x) float32 on the MR's grid; ``air`` outside the CT's field of view
-    mutual_information: float  # Mattes MI with the MR in its body region, every voxel (higher: better)
+    mutual_information: float  # Mattes MI with the MR in its body region (higher: better)
     stage: str  # the last stage kept: "centred", "affine" or "deformable"
 
 
@@ -62,14 +66,29 @@ def shrink_factors(image: sitk.Image) -> list[int]:
     return [f for f in SHRINK_FACTORS if f == 1 or side // f >= COARSEST_PIXELS]
 
 
-def _method(region: sitk.Image, seed: int, threads: int, shrink: list[int],
-            samples: int | None) -> sitk.ImageRegistrationMethod:
+@contextmanager
+def sitk_threads(count: int):
+    """Run SimpleITK on ``count`` threads inside the block. The registration metric's threads
+    follow this global default, not the method's own setting, and with more than one thread
+    its sums (and so the result) depend on the scheduling."""
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
+def _method(region: sitk.Image, seed: int, shrink: list[int], samples: int | None) -> sitk.ImageRegistrationMethod:
     """A Mattes MI registration method drawing about ``samples`` points per level (``None``:
     every voxel), of which those in ``region`` count."""
     method = sitk.ImageRegistrationMethod()
-    method.SetNumberOfThreads(threads)
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetMetricFixedMask(region)
+    # Gradients at the sampled points only: a gradient filter over a whole 256 x 256 x 150
+    # volume costs seconds at every level and every evaluation.
+    method.SetMetricUseFixedImageGradientFilter(False)
+    method.SetMetricUseMovingImageGradientFilter(False)
     if samples is None:
         method.SetMetricSamplingStrategy(method.NONE)
     else:
@@ -94,9 +113,9 @@ def _centred(fixed_mask, moving_mask) -> sitk.Transform:
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
 
 
-def _affine(fixed, moving, start, region, seed, threads) -> sitk.Transform:
+def _affine(fixed, moving, start, region, seed) -> sitk.Transform:
     transform = sitk.AffineTransform(start)
-    method = _method(region, seed, threads, shrink_factors(fixed), METRIC_SAMPLES)
+    method = _method(region, seed, shrink_factors(fixed), METRIC_SAMPLES)
     # Steps of at most 1 mm of physical shift, halved whenever the metric gets worse: plain
     # gradient descent overshoots into a shrunken CT on small images.
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3,
@@ -107,11 +126,11 @@ def _affine(fixed, moving, start, region, seed, threads) -> sitk.Transform:
     return transform
 
 
-def _bspline(fixed, moving, affine, region, seed, threads) -> sitk.Transform:
+def _bspline(fixed, moving, affine, region, seed) -> sitk.Transform:
     extent = [n * s for n, s in zip(fixed.GetSize(), fixed.GetSpacing())]
     mesh = [max(1, int(round(e / BSPLINE_NODE_SPACING_MM))) for e in extent]
     bspline = sitk.BSplineTransformInitializer(fixed, mesh)
-    method = _method(region, seed, threads, shrink_factors(fixed)[-2:], BSPLINE_SAMPLES)
+    method = _method(region, seed, shrink_factors(fixed)[-2:], BSPLINE_SAMPLES)
     method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=BSPLINE_ITERATIONS,
                                 maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=BSPLINE_EVALUATIONS)
     method.SetMovingInitialTransform(affine)
@@ -121,11 +140,12 @@ def _bspline(fixed, moving, affine, region, seed, threads) -> sitk.Transform:
     return sitk.CompositeTransform([affine, bspline])
 
 
-def mutual_information(fixed: sitk.Image, moving: sitk.Image, region: sitk.Image, threads: int = 1,
+def mutual_information(fixed: sitk.Image, moving: sitk.Image, region: sitk.Image,
                        transform: sitk.Transform | None = None) -> float:
-    """Mattes MI of ``moving`` (through ``transform``) with ``fixed`` over every voxel of
-    ``region``: comparable between moving images (higher is better)."""
-    method = _method(region, 0, threads, [1], samples=None)
+    """Mattes MI of ``moving`` (through ``transform``) with ``fixed`` in ``region`` at full
+    resolution, on points that do not depend on the moving image (higher is better)."""
+    samples = None if np.prod(fixed.GetSize()) <= COMPARISON_SAMPLES else COMPARISON_SAMPLES
+    method = _method(region, 0, [1], samples)
     method.SetInitialTransform(transform or sitk.Transform(fixed.GetDimension(), sitk.sitkIdentity))
     return -float(method.MetricEvaluate(fixed, moving))
 
@@ -135,28 +155,22 @@ def register_ct(mr: Volume, ct: Volume, mr_mask: np.ndarray, ct_mask: np.ndarray
     """Register ``ct`` onto ``mr`` (centred, affine, then B-spline) and resample it on the MR's
     grid, ``air`` outside the CT's field of view. The masks are the images' body masks.
 
-    Each stage optimises a random sample of the MI; it is kept only when it raises the MI over
-    every voxel of the body region, so a stage lost in a sample's local optimum undoes nothing.
+    Each stage optimises the MI of a random sample; it is kept only when it raises the MI of
+    :func:`mutual_information`, so a stage lost in a sample's local optimum undoes nothing.
     """
-    fixed, moving = to_image(mr), to_image(ct)
-    region = body_region(to_image(mr, mr_mask))
-    centred = _centred(to_image(mr, mr_mask), to_image(ct, ct_mask))
-    best = ("centred", centred, mutual_information(fixed, moving, region, threads, centred))
-    affine = _affine(fixed, moving, centred, region, seed, threads)
-    affine_mi = mutual_information(fixed, moving, region, threads, affine)
-    if affine_mi > best[2]:
-        best = ("affine", affine, affine_mi)
-    deformed = _bspline(fixed, moving, best[1], region, seed, threads)
-    deformed_mi = mutual_information(fixed, moving, region, threads, deformed)
-    if deformed_mi > best[2]:
-        best = ("deformable", deformed, deformed_mi)
-    stage, transform, mi = best
-    resample = sitk.ResampleImageFilter()
-    resample.SetNumberOfThreads(threads)
-    resample.SetReferenceImage(fixed)
-    resample.SetTransform(transform)
-    resample.SetInterpolator(sitk.sitkLinear)
-    resample.SetDefaultPixelValue(float(air))
-    resample.SetOutputPixelType(sitk.sitkFloat32)
-    array = sitk.GetArrayFromImage(resample.Execute(moving)).reshape(mr.shape)
-    return Registered(array, mi, stage)
+    with sitk_threads(threads):
+        fixed, moving = to_image(mr), to_image(ct)
+        region = body_region(to_image(mr, mr_mask))
+        centred = _centred(to_image(mr, mr_mask), to_image(ct, ct_mask))
+        best = ("centred", centred, mutual_information(fixed, moving, region, centred))
+        affine = _affine(fixed, moving, centred, region, seed)
+        affine_mi = mutual_information(fixed, moving, region, affine)
+        if affine_mi > best[2]:
+            best = ("affine", affine, affine_mi)
+        deformed = _bspline(fixed, moving, best[1], region, seed)
+        deformed_mi = mutual_information(fixed, moving, region, deformed)
+        if deformed_mi > best[2]:
+            best = ("deformable", deformed, deformed_mi)
+        stage, transform, mi = best
+        resampled = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, float(air), sitk.sitkFloat32)
+    return Registered(sitk.GetArrayFromImage(resampled).reshape(mr.shape), mi, stage)
