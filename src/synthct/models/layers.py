@@ -86,9 +86,9 @@ class _InstanceNormAct(torch.autograd.Function):
         grad = grad.to(x.dtype)
         if ctx.negative_slope is not None:  # x_hat > 0 exactly where x > mean
             positive = x > mean[:, :, None, None]
-            # torch.where keeps channels_last (masked_fill would not), and unlike grad * positive
-            # it does not convert the mask to grad's dtype in a pass of its own
-            grad = torch.where(positive, grad, 0.0 if ctx.negative_slope == 0 else grad * ctx.negative_slope)
+            # (masked_fill would return a contiguous tensor and lose channels_last)
+            grad = (grad * positive if ctx.negative_slope == 0
+                    else torch.where(positive, grad, grad * ctx.negative_slope))
         pieces = [torch.ops.aten.native_batch_norm_backward(
             grad[i:i + 1], x[i:i + 1], None, None, None, mean[i], invstd[i], True, ctx.eps,
             [True, False, False])[0] for i in range(x.shape[0])]
