@@ -100,6 +100,59 @@ def test_a_healthy_translation_with_learning_discriminators_passes_and_says_so()
     assert verdict.to_dict()["verdict"] == "healthy"
 
 
+def test_a_translation_between_the_cts_values_fails_on_them_alone():
+    # The CT's body takes two values; a translation that keeps the inverted MR's order but lands
+    # between them is neither dark nor in the MR's order, and far from any CT.
+    sample = _sample()
+    sample.ct = torch.where(sample.ct_body > 0, torch.where(sample.ct > 0, 0.6, -0.5), torch.tensor(-1.0))
+    verdict = check_health({"mr2ct": Pixelwise(lambda x: 0.05 - 0.05 * x)}, sample, step=10)
+    assert verdict.failures == ["off_ct_values"]
+    assert verdict.evidence["off_ct_values"]["fraction"] == pytest.approx(1.0)
+    assert "in-body values the CTs rarely take" in verdict.line() and "100% of the body" in verdict.line()
+
+
+class Oracle(nn.Module):
+    """A generator that answers each sample slice with ``answers`` (its true CT, say)."""
+
+    def __init__(self, answers: torch.Tensor):
+        super().__init__()
+        self.answers = answers
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return self.answers
+
+
+def _phantom_slices(case, z_slices, name) -> torch.Tensor:
+    from synthct.data.intensity import CTWindow, MRPercentile
+    from synthct.io.image import read_image
+
+    array = read_image(case / name).array
+    body = read_image(case / "mask.nii.gz").array > 0
+    mapping = MRPercentile().fit(array, body) if name == "mr.nii.gz" else CTWindow()
+    return torch.from_numpy(mapping.forward(array[z_slices]))[:, None], torch.from_numpy(body[z_slices])[:, None].float()
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_on_phantoms_the_true_ct_passes_and_the_soft_tissue_raised_by_200_hu_is_off_the_cts(tmp_path, seed):
+    from synthct.data.phantom import write_phantoms
+
+    # The demo's grid (2.4 mm pixels); MR slices of one case judged against CT slices of another,
+    # as a run's sample mixes cases.
+    cases = write_phantoms(2, tmp_path, seed=seed, size=(80, 80, 12), spacing=(2.4, 2.4, 4.0))
+    z = [4, 6, 8, 10]
+    mr, mr_body = _phantom_slices(cases[0], z, "mr.nii.gz")
+    truth, _ = _phantom_slices(cases[0], z, "ct.nii.gz")
+    ct, ct_body = _phantom_slices(cases[1], z, "ct.nii.gz")
+    sample = HealthSample(mr, ct, mr_body, ct_body)
+    good = check_health({"mr2ct": Oracle(truth)}, sample, step=1)
+    assert "off_ct_values" not in good.failures and good.evidence["off_ct_values"]["fraction"] < 0.2
+    soft = (truth > -0.54) & (truth < -0.44)  # -100 to 100 HU: fat, fluid, brain, skin
+    raised = torch.where(soft, truth + 200 / 2012, truth)  # the brain rendered at about 240 HU
+    bad = check_health({"mr2ct": Oracle(raised)}, sample, step=1)
+    assert "off_ct_values" in bad.failures and bad.evidence["off_ct_values"]["fraction"] > 0.5, bad.evidence
+
+
 def test_the_noise_gain_of_a_pass_through_decoder_stays_below_the_threshold():
     # F passes G(mr)'s noise through at slope 1: the rise is E|n| at most, a gain of at most 1.
     sample = _sample()
@@ -121,7 +174,7 @@ def test_the_check_is_deterministic_and_restores_training_mode():
 def test_a_one_sided_model_has_no_cycle_to_judge():
     sample = _sample()
     verdict = check_health({"mr2ct": Pixelwise(_quantile_map(sample, -1))}, sample, step=1)
-    assert set(verdict.evidence) == {"mr_order", "dark"} and verdict.healthy
+    assert set(verdict.evidence) == {"mr_order", "dark", "off_ct_values"} and verdict.healthy
 
 
 def test_the_discriminator_signal_is_the_later_half_of_the_steps_at_most_the_last_window():
@@ -184,7 +237,8 @@ def test_a_run_checks_its_health_at_each_checkpoint_and_at_the_end(phantoms, tmp
     checks = _checks(run)
     assert [c["step"] for c in checks] == [3, 6, 7]
     for check in checks:
-        assert set(check["evidence"]) == {"mr_order", "dark", "hidden_code", "discriminators_at_chance"}
+        assert set(check["evidence"]) == {"mr_order", "dark", "off_ct_values", "hidden_code",
+                                          "discriminators_at_chance"}
         assert check["failures"] == [name for name, e in check["evidence"].items() if e["failed"]]
         assert check["verdict"] == ("failed" if check["failures"] else "healthy")
     assert checks[-1]["evidence"]["discriminators_at_chance"]["window"] == "5-7"  # the later half, 3 steps
