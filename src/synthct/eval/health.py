@@ -33,12 +33,13 @@ model's [-1, 1] units, on each slice's centre channel and inside the body:
   is rare when it holds less than ``RARE_SHARE`` of a uniform share of the sample's CT voxels
   inside the body, and the check fails when ``OFF_CT_FRACTION`` or more of the translation's
   in-body voxels fall in rare bins. The fraction compares where the values lie, not how many
-  voxels each tissue has, so a sample of skull-base slices judged against vertex CTs still passes:
-  with the true CT of the MR slices as the translation (4 slices against 4 other CT slices, as the
-  sample draws them), the fraction was 0.05 at the median and at most 0.39 over 2,000 draws on the
-  73 AANLIB slices of the validation protocol's training patients, and 0.03 (at most 0.40 over 500)
-  on the demo's phantoms; the same phantom CTs with the soft tissue raised by 210 HU, the
-  demo's failure before its generator learnt the phantoms, gave 0.76 (at least 0.46). A dark
+  voxels each tissue has, so a sample of skull-base slices judged against vertex CTs still passes.
+  With the true CT of the MR slices as the translation (4 slices against 4 other CT slices, as the
+  sample draws them; ``python -m experiments.health_values``) the fraction was 0.05 at the median
+  and at most 0.36 over 2,000 draws on the 73 AANLIB slices of the validation protocol's training
+  patients, and 0.03 (at most 0.35 over 500) on the demo's phantoms; the same phantom CTs with the
+  soft tissue raised by 210 HU, as `make demo`'s 400-step CycleGAN renders the brain, gave
+  0.81 (0.40 at the least, below 0.47 in 1 % of the draws). A dark
   translation is judged dark.
 * ``discriminators_at_chance``: the mean logged discriminator loss over the recent steps sits at
   or above ``CHANCE_FRACTION`` of the loss of a discriminator that cannot tell real from fake
