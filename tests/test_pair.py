@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from synthct.cli import main
+from synthct.config import DataConfig
 from synthct.data.mask import body_mask
+from synthct.data.layouts import collect_sources
 from synthct.data.pairs import pair_sources
 from synthct.data.phantom import make_phantom
 from synthct.io.image import read_image, write_image
@@ -124,6 +126,9 @@ def test_pair_command_on_slices_never_joins_one_subject_and_writes_what_training
         assert float(row["body_dice"]) > 0.8 and float(row["mutual_information"]) > 0
     sources = pair_sources(out)  # what `synthct train --pairs` reads: the same names, the same grids
     assert [p.name for p in sources.mr] == [p.name for p in sources.ct] == [row["name"] for row in rows]
+    # and what a paired model reads with --mr PAIRS/mr --ct PAIRS/ct --set data.paired=true
+    folders = collect_sources(DataConfig(mr=str(out / "mr"), ct=str(out / "ct"), paired=True))
+    assert [p.name for p in folders.mr] == [p.name for p in folders.ct] == [row["name"] for row in rows]
     for name in sources.cases:
         source, written = read_image(tmp_path / "mr" / name), read_image(out / "mr" / name)
         assert np.array_equal(source.array, written.array)
@@ -147,14 +152,19 @@ def test_pair_command_on_volumes_matches_atlas_synthesis_with_one_worker(tmp_pat
     assert np.array_equal(fused.array, np.rint(direct.array))
 
 
-def test_pair_refuses_to_overwrite_and_names_a_bad_file(tmp_path, capsys):
+def test_pair_refuses_to_overwrite_does_not_depend_on_workers_and_names_a_bad_file(tmp_path, capsys):
     write_slice_subjects(tmp_path, subjects=("a", "b"), levels=(6,))
-    args = ["pair", "--mr", str(tmp_path / "mr"), "--ct", str(tmp_path / "ct"), "--out", str(tmp_path / "pairs"),
-            "--k", "1", "--candidates", "1", "--workers", "1"]
-    assert main(args) == 0
+    out = tmp_path / "pairs"
+    args = ["pair", "--mr", str(tmp_path / "mr"), "--ct", str(tmp_path / "ct"), "--out", str(out),
+            "--k", "1", "--candidates", "1"]
+    assert main(args + ["--workers", "1"]) == 0
+    one_worker = {name: read_image(out / "ct" / name).array for name in ("a6.png", "b6.png")}
     capsys.readouterr()
     assert main(args) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(args + ["--workers", "2", "--overwrite"]) == 0
+    assert all(np.array_equal(read_image(out / "ct" / name).array, array) for name, array in one_worker.items())
+    capsys.readouterr()
     (tmp_path / "ct" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     assert main(args + ["--overwrite"]) == 2
     err = capsys.readouterr().err.strip()

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HELP = ("pair every MR with a synthetic CT fused from other subjects' CTs registered onto it "
-        "(multi-atlas; writes OUT/mr/, OUT/ct/ and OUT/pairs.csv for `synthct train --pairs OUT`)")
+        "(multi-atlas; writes PAIRS/mr/, PAIRS/ct/ and PAIRS/pairs.csv for `synthct train --pairs PAIRS`)")
 
 CSV_COLUMNS = ("name", "mr", "subject", "mutual_information", "body_dice", "cts", "cts_mutual_information",
                "registered")
@@ -19,15 +19,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ct", required=True, metavar="DIR", help="folder (or file) of CTs to register onto them")
     parser.add_argument("--out", required=True, metavar="PAIRS",
                         help="output folder: PAIRS/mr/NAME (the MR), PAIRS/ct/NAME (its fused CT on the MR's "
-                             "grid) and PAIRS/pairs.csv")
+                             "grid, air outside the CTs' field of view) and PAIRS/pairs.csv")
     parser.add_argument("--subjects", metavar="CSV",
                         help="CSV with columns file,subject (file: an image's file name, MR or CT): no MR is "
                              "paired with a CT of its own subject; without it every CT is a candidate")
-    parser.add_argument("--k", type=int, default=3, help="registered CTs fused per MR, by voxel-wise median "
+    parser.add_argument("--k", type=int, default=3, metavar="K", help="registered CTs fused per MR, by voxel-wise median "
                                                          "(default 3)")
-    parser.add_argument("--candidates", type=int, default=6,
+    parser.add_argument("--candidates", type=int, default=6, metavar="N",
                         help="CTs registered per MR, those whose body outline matches best (default 6)")
-    parser.add_argument("--workers", type=int, default=2, help="registrations run in parallel (default 2)")
+    parser.add_argument("--workers", type=int, default=2, metavar="N", help="registrations run in parallel (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the registrations' metric sampling")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
