@@ -148,15 +148,22 @@ def measure(reference: Path, size: int, ngf: int, pairs: int, warmup: int, with_
     return timed, {precision: statistics.median(rates[warmup:]) for precision, rates in sampled.items()}
 
 
+def paired_ratio(reference: Timed, row: Timed) -> float:
+    """The median over rounds of the reference's step over this row's in the same round: the
+    load of a shared machine changes between rounds more than within one."""
+    return statistics.median(r / s for r, s in zip(reference.seconds, row.seconds))
+
+
 def markdown(rows: list[Timed], rates: dict[str, float]) -> str:
-    reference = rows[0].median
-    head = ["code", "precision", "median s/step", "steps (s)", "reference fp32 / this"]
+    reference = rows[0]
+    head = ["code", "precision", "median s/step", "steps (s)", "reference fp32 / this: medians",
+            "same-round ratios, median"]
     if rates:
         head += ["TFLOP", "FLOP floor (s)", "x floor"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row.label, row.precision, f"{row.median:.3f}", " ".join(f"{s:.2f}" for s in row.seconds),
-                 f"{reference / row.median:.2f}x"]
+                 f"{reference.median / row.median:.2f}x", f"{paired_ratio(reference, row):.2f}x"]
         if rates:
             floor = floor_seconds(row.flops, rates[row.precision])
             cells += [f"{row.flops / 1e12:.3f}", f"{floor:.3f}", f"{row.median / floor:.2f}"]

@@ -118,5 +118,13 @@ def test_tiny_side_by_side_runs_both_codes_alternately(fake_reference, monkeypat
     assert rows[0].flops == 0 and rows[1].flops > 0 and rates == {"fp32": 0.1, "bf16": 0.1}
     rows[0].flops = rows[1].flops  # the stand-in does no arithmetic; a floor needs FLOPs
     table = bench_reference.markdown(rows, rates)
-    assert table.splitlines()[2].startswith("| reference | fp32 |") and "| 1.00x |" in table.splitlines()[2]
+    assert table.splitlines()[2].startswith("| reference | fp32 |") and "| 1.00x | 1.00x |" in table.splitlines()[2]
     assert "| synthct | bf16 |" in table
+
+
+def test_same_round_ratio_pairs_each_round():
+    # synthct twice as fast in two rounds; in the third the load rose in the middle of the round
+    reference = bench_reference.Timed("reference", "fp32", [10.0, 40.0, 30.0])
+    synthct = bench_reference.Timed("synthct", "fp32", [5.0, 20.0, 60.0])
+    assert bench_reference.paired_ratio(reference, synthct) == 2.0
+    assert reference.median / synthct.median == 1.5
