@@ -165,6 +165,35 @@ def test_baselines_follow_the_protocol(work):
     assert set(found["mr_as_ct"]["case_means"]) == {"160", "410"}
 
 
+def test_the_atlas_baseline_registers_only_the_folds_training_cts_and_scores_like_the_other_rows(
+        data_root, tmp_path, capsys):
+    from experiments.aanlib.atlas import atlas_inputs
+
+    work = tmp_path / "validation"
+    prepare(data_root, work, "validation")
+    _, ct_folder, subjects = atlas_inputs(work)
+    assert sorted(p.stem for p in ct_folder.glob("*.png")) == _ids("20", "280", "320", "370")
+    assert main(["atlas", "--fold", "validation", "--work", str(work), "--workers", "1"]) == 0
+    assert "multi_atlas" in capsys.readouterr().out
+    with open(work / "runs" / "multi_atlas" / "pairs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(Path(r["mr"]).stem for r in rows) == _ids("200", "330")
+    used = {subjects[name] for r in rows for name in r["cts"].split(";")}
+    assert used and used <= {"20", "280", "320", "370"}
+    # Scored by the shared protocol: the fused CTs written by synthct pair against the scored CTs.
+    result = json.loads((work / "results" / "multi_atlas.json").read_text(encoding="utf-8"))
+    per_slice = [eight_bit_metrics(np.array(sitk.GetArrayFromImage(sitk.ReadImage(
+        str(work / "runs" / "multi_atlas" / "ct" / f"{t.id}.png"))), dtype=np.float64), t.ct, t.head)
+        for t in load_scored_set(work)]
+    assert result["means"]["head_mae"] == pytest.approx(np.mean([m["head_mae"] for m in per_slice]))
+    assert "validation fold" in result["protocol"] and result["n_slices"] == 2 * SLICES_PER_CASE
+    assert main(["atlas", "--fold", "validation", "--work", str(work)]) == 2  # the result exists
+    # A scored patient's CT in the CT folder stops the run before any registration.
+    (ct_folder / "20003.png").write_bytes((work / "scored_ct" / "20003.png").read_bytes())
+    assert main(["atlas", "--fold", "validation", "--work", str(work), "--overwrite"]) == 2
+    assert "20003.png" in capsys.readouterr().err
+
+
 def test_histogram_matching_maps_the_head_onto_the_training_ct_grey_levels(work):
     scored = load_scored_set(work)
     ct_pixels = training_ct_head_pixels(work)

@@ -43,6 +43,18 @@ def cmd_baselines(args) -> None:
     print(f"written to {out}")
 
 
+def cmd_atlas(args) -> None:
+    from experiments.aanlib.atlas import NAME, atlas
+
+    out = args.work / "results" / f"{NAME}.json"
+    refuse_existing(out, args.overwrite)
+    result = atlas(args.work, args.workers, args.seed, args.overwrite)
+    write_json(out, result, args.overwrite)
+    print(summary(result))
+    seconds = result["seconds"]
+    print(f"{seconds['wall']:.0f} s wall, {seconds['cpu']:.0f} s CPU ({seconds['workers']} workers); written to {out}")
+
+
 def cmd_train(args) -> int:
     from experiments.aanlib.train import train_run
 
@@ -215,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="AANLIB folder with CT/, MRI/, splits.csv")
     p.add_argument("--seed", type=int, default=0, help="seed of the independent MR and CT shuffles")
     command("baselines", cmd_baselines, "score MR-as-CT, histogram matching and constant baselines")
+    p = command("atlas", cmd_atlas, "the registration-only baseline: synthct pair fuses the fold's training CTs "
+                "registered onto each scored MR (multi-atlas, no network); score the fused CTs")
+    p.add_argument("--workers", type=int, default=2, help="registrations in parallel (synthct pair --workers, default 2)")
+    p.add_argument("--seed", type=int, default=0, help="synthct pair --seed (default 0)")
     _add_train_options(command("train", cmd_train, "train a preset on the prepared folders"))
     p = command("flops", cmd_flops, "the GFLOP of one training step of a model's preset (fp32, counted by torch)")
     p.add_argument("--model", choices=("cyclegan", "pix2pix", "reggan", "regression"), default="cyclegan")
