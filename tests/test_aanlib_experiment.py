@@ -194,6 +194,49 @@ def test_the_atlas_baseline_registers_only_the_folds_training_cts_and_scores_lik
     assert "20003.png" in capsys.readouterr().err
 
 
+def test_pseudo_pairs_join_no_mr_with_its_own_patients_ct_and_never_read_a_scored_ct(data_root, tmp_path, capsys):
+    import shutil
+
+    from experiments.aanlib.train import training_config
+
+    work = tmp_path / "validation"
+    prepare(data_root, work, "validation")
+    for folder in ("scored_ct", "scored_mr"):  # what is not there cannot be read
+        shutil.rmtree(work / folder)
+    assert main(["train", "--fold", "validation", "--work", str(work), "--model", "regression", "--pseudo-pairs",
+                 "--steps", "1", *TINY]) == 2  # no pseudo-pairs yet
+    assert "pseudo-pairs command" in capsys.readouterr().err
+    assert main(["pseudo-pairs", "--fold", "validation", "--work", str(work), "--workers", "1"]) == 0
+    pairs = work / "pseudo_pairs"
+    patient = {f"{i}.png": case for case in ("20", "280", "320", "370") for i in _ids(case)}
+    with open(pairs / "pairs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["name"] for r in rows) == sorted(patient)  # every training MR, no scored one
+    for row in rows:
+        fused_from = {patient[name] for name in row["cts"].split(";")}
+        assert fused_from and patient[row["name"]] not in fused_from
+    assert sorted(p.name for p in (pairs / "ct").glob("*.png")) == sorted(patient)
+    assert _bytes_by_name(pairs / "mr") == _bytes_by_name(work / "train_pairs" / "mr")
+    result = json.loads((work / "results" / "pseudo_pairs.json").read_text(encoding="utf-8"))
+    assert result["n_pairs"] == len(patient)
+    assert all(s["case"] not in s["fused_from"] for s in result["per_slice"])
+    # The paired recipe reads them, and trains on them.
+    cfg = training_config(work, "regression", [], pseudo_pairs=True)
+    assert (cfg.data.mr, cfg.data.ct, cfg.data.paired) == (str(pairs / "mr"), str(pairs / "ct"), True)
+    tiny = [item for pair in zip(TINY[::2], TINY[1::2]) if not pair[1].startswith(("model.ndf", "model.pool_size"))
+            for item in pair] + ["--set", "model.unet_downs=5"]  # no discriminator; a U-Net for 32 px
+    assert main(["train", "--fold", "validation", "--work", str(work), "--model", "regression", "--pseudo-pairs",
+                 "--seed", "0", "--steps", "1", *tiny]) == 0
+    saved = yaml.safe_load((work / "runs" / "regression_pseudo-pairs_seed0" / "config.yaml").read_text("utf-8"))
+    assert saved["data"]["mr"] == str(pairs / "mr") and saved["model"]["name"] == "regression"
+    assert main(["train", "--fold", "validation", "--work", str(work), "--model", "cyclegan", "--pseudo-pairs",
+                 "--steps", "1", *TINY]) == 2  # the unpaired model has no use for pairs
+    # A CT of a patient outside the fold's training patients stops the pairing before any registration.
+    (work / "train_pairs" / "ct" / "33003.png").write_bytes((work / "train_pairs" / "ct" / "2003.png").read_bytes())
+    assert main(["pseudo-pairs", "--fold", "validation", "--work", str(work), "--overwrite"]) == 2
+    assert "33003.png" in capsys.readouterr().err
+
+
 def test_histogram_matching_maps_the_head_onto_the_training_ct_grey_levels(work):
     scored = load_scored_set(work)
     ct_pixels = training_ct_head_pixels(work)

@@ -55,6 +55,20 @@ def cmd_atlas(args) -> None:
     print(f"{seconds['wall']:.0f} s wall, {seconds['cpu']:.0f} s CPU ({seconds['workers']} workers); written to {out}")
 
 
+def cmd_pseudo_pairs(args) -> None:
+    from experiments.aanlib.atlas import PSEUDO_PAIRS, pseudo_pairs
+
+    out = args.work / "results" / f"{PSEUDO_PAIRS}.json"
+    refuse_existing(out, args.overwrite)
+    result = pseudo_pairs(args.work, args.workers, args.seed, args.overwrite)
+    write_json(out, result, args.overwrite)
+    own, seconds = result["to_own_ct"], result["seconds"]
+    print(f"{result['n_pairs']} pseudo-pairs in {result['pairs']} (training patients "
+          f"{', '.join(result['train_cases'])}, none fused from its own patient); fused CT against the MR's own CT: "
+          f"head MAE {own['head_mae']:.2f}, head SSIM {own['head_ssim']:.3f}")
+    print(f"{seconds['wall']:.0f} s wall, {seconds['cpu']:.0f} s CPU ({seconds['workers']} workers); written to {out}")
+
+
 def cmd_train(args) -> int:
     from experiments.aanlib.train import train_run
 
@@ -62,7 +76,7 @@ def cmd_train(args) -> int:
     patients = args.paired_patients.split(",") if args.paired_patients else None
     overrides = args.overrides + ([f"train.seed={args.seed}"] if args.seed is not None else [])
     return train_run(args.work, args.model, args.run or args.work / "runs" / run_name(args), overrides,
-                     args.minutes, args.steps, restarts, args.overwrite, patients)
+                     args.minutes, args.steps, restarts, args.overwrite, patients, args.pseudo_pairs)
 
 
 def cmd_flops(args) -> None:
@@ -89,8 +103,9 @@ def cmd_fields(args) -> None:
 
 
 def run_name(args) -> str:
-    """<model>[_pairs-<patients>][_seed<N>]: the default run folder's name."""
+    """<model>[_pairs-<patients>][_pseudo-pairs][_seed<N>]: the default run folder's name."""
     pairs = f"_pairs-{args.paired_patients.replace(',', '-')}" if args.paired_patients else ""
+    pairs += "_pseudo-pairs" if args.pseudo_pairs else ""
     return f"{args.model}{pairs}{'' if args.seed is None else f'_seed{args.seed}'}"
 
 
@@ -185,6 +200,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paired-patients", metavar="CASE[,CASE]",
                    help="semi-supervised cyclegan: these training patients' slices as pairs (synthct train "
                         "--pairs), the other training patients unpaired")
+    p.add_argument("--pseudo-pairs", action="store_true",
+                   help="pix2pix, reggan, regression: train on WORK/pseudo_pairs (the pseudo-pairs command) "
+                        "instead of the true pairs")
     p.add_argument("--seed", type=int, help="train.seed; the default run folder then ends in _seed<N>")
     p.add_argument("--run", type=Path, help="run folder (default WORK/runs/<model>)")
     p.add_argument("--minutes", type=float, help="wall-clock budget; without --steps the lr schedule follows it")
@@ -230,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("atlas", cmd_atlas, "the registration-only baseline: synthct pair fuses the fold's training CTs "
                 "registered onto each scored MR (multi-atlas, no network); score the fused CTs")
     p.add_argument("--workers", type=int, default=2, help="registrations in parallel (synthct pair --workers, default 2)")
+    p.add_argument("--seed", type=int, default=0, help="synthct pair --seed (default 0)")
+    p = command("pseudo-pairs", cmd_pseudo_pairs, "synthct pair on the fold's training MRs, each against the other "
+                "training patients' CTs (never a scored patient's): pseudo-pairs for train --pseudo-pairs")
+    p.add_argument("--workers", type=int, default=2,
+                   help="registrations in parallel (synthct pair --workers, default 2)")
     p.add_argument("--seed", type=int, default=0, help="synthct pair --seed (default 0)")
     _add_train_options(command("train", cmd_train, "train a preset on the prepared folders"))
     p = command("flops", cmd_flops, "the GFLOP of one training step of a model's preset (fp32, counted by torch)")

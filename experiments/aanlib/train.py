@@ -62,8 +62,10 @@ def semi_supervised_folders(work: Path, patients: list[str], seed: int = 0) -> t
     return unpaired_mr, unpaired_ct, pairs
 
 
-def training_config(work: Path, model: str, overrides: list[str], paired_patients: list[str] | None = None):
-    """The preset of ``model`` with ``overrides`` (KEY=VALUE), reading the prepared folders."""
+def training_config(work: Path, model: str, overrides: list[str], paired_patients: list[str] | None = None,
+                    pseudo_pairs: bool = False):
+    """The preset of ``model`` with ``overrides`` (KEY=VALUE), reading the prepared folders (a paired
+    model with ``pseudo_pairs``: WORK/pseudo_pairs, made by the pseudo-pairs command)."""
     from synthct.config import apply_overrides
     from synthct.engine import load_run_config
 
@@ -72,7 +74,17 @@ def training_config(work: Path, model: str, overrides: list[str], paired_patient
     preset, model_overrides = PRESETS[model]
     cfg = apply_overrides(load_run_config(preset), model_overrides + overrides)
     paired = model in PAIRED_MODELS
-    if paired_patients:
+    if pseudo_pairs:
+        from experiments.aanlib.atlas import PSEUDO_PAIRS, pseudo_pair_inputs
+
+        if not paired or paired_patients:
+            raise SynthctError(f"--pseudo-pairs is for {', '.join(PAIRED_MODELS)}, without --paired-patients")
+        pairs = work / PSEUDO_PAIRS
+        if not (pairs / "pairs.csv").is_file():
+            raise SynthctError("no pseudo-pairs yet; run the pseudo-pairs command first", pairs)
+        pseudo_pair_inputs(work)  # the fold is still the one they were made from
+        mr, ct = pairs / "mr", pairs / "ct"
+    elif paired_patients:
         if model != "cyclegan":
             raise SynthctError(f"--paired-patients is for the semi-supervised cyclegan; {model} trains on all pairs")
         mr, ct, pairs = semi_supervised_folders(work, paired_patients)
@@ -88,13 +100,13 @@ def training_config(work: Path, model: str, overrides: list[str], paired_patient
 
 def train_run(work: Path, model: str, run_dir: Path, overrides: list[str], minutes: float | None = None,
               steps: int | None = None, restarts: tuple[int, int, float] | None = None,
-              overwrite: bool = False, paired_patients: list[str] | None = None) -> int:
+              overwrite: bool = False, paired_patients: list[str] | None = None, pseudo_pairs: bool = False) -> int:
     """Train ``model`` into ``run_dir`` for ``steps`` and/or ``minutes``; ``restarts`` = (N, check
     steps, threshold) as ``synthct train --restarts``. Returns the exit code."""
     from synthct.engine.restarts import train_with_restarts
     from synthct.engine.trainer import train
 
-    cfg = training_config(work, model, overrides, paired_patients)
+    cfg = training_config(work, model, overrides, paired_patients, pseudo_pairs)
     if minutes is not None:
         cfg.train.max_minutes = minutes
     if steps is not None:
