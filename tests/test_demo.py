@@ -73,3 +73,17 @@ def test_demo_set_overrides_its_training_config(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("synthct: error:") and "model.nope" in err[0]
     assert not (tmp_path / "e").exists()
+
+
+def test_a_demo_stopped_by_a_signal_says_interrupted_and_exits_130(tmp_path, monkeypatch, capsys):
+    import synthct.engine.trainer as trainer
+
+    def stopped_by_sigterm(cfg, run_dir):  # what train returns when SIGTERM ends it at step 3
+        return trainer.TrainResult(run_dir=run_dir, steps=3, total_steps=cfg.train.steps, epoch=0,
+                                   stopped="signal", signal=15)
+
+    monkeypatch.setattr(trainer, "train", stopped_by_sigterm)
+    code = main(["demo", "--out", str(tmp_path / "demo"), "--steps", "5", "--size", "32"])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "synthct: interrupted" in err and "internal error" not in err

@@ -143,6 +143,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, overwrite: b
     cfg = _config(train_mr, train_ct, s)
     run_dir = out / "run"
     result = train(cfg, run_dir)
+    if result.stopped == "signal":  # Ctrl-C or SIGTERM: the run kept a checkpoint, not generators
+        raise KeyboardInterrupt
     trained = result.generators["mr2ct"]
     untrained = _untrained_generator(cfg, run_dir, trained.with_suffix(".json"))
     log(f"      {result.steps} steps on {result.device} ({result.precision})")
