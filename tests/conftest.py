@@ -8,3 +8,15 @@ test`` runs every test that does not pin its own precision in bf16). Subprocesse
 import os
 
 os.environ.setdefault("SYNTHCT_PRECISION", "fp32")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run fastest on one thread (several threads on shared cores spin)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

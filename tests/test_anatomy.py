@@ -22,13 +22,7 @@ from synthct.models import CUT, build_model
 from unpaired_inversion import inversion_errors
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest on one thread (several threads on shared cores spin)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("nce_idt", [True, False], ids=["cut", "fastcut"])

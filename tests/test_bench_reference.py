@@ -97,15 +97,6 @@ def test_reference_options_are_its_cyclegan_defaults(fake_reference):
     assert (opt.input_nc, opt.output_nc, opt.batch_size, opt.lr, opt.beta1) == (1, 1, 1, 0.0002, 0.5)
 
 
-@pytest.fixture
-def one_thread():
-    """The benchmark's own thread count; more threads than free cores make tiny steps crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_tiny_side_by_side_runs_both_codes_alternately(fake_reference, monkeypatch, one_thread):
     monkeypatch.setattr(bench_reference, "matmul_rate", lambda dtype, device, repeats: 0.1)
     rows, rates = bench_reference.measure(fake_reference, size=32, ngf=2, pairs=2, warmup=1, with_bf16=True,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from test_engine import log_rows, phantoms, tiny_config  # noqa: F401 (phantoms is a fixture)
-from test_models import one_thread, random_batch, tiny  # noqa: F401 (one_thread: autouse fixture)
+from test_models import random_batch, tiny
 
 from synthct.engine.trainer import train
 from synthct.errors import SynthctError
@@ -19,6 +19,8 @@ from synthct.models.layers import InstanceNorm
 from synthct.models.losses import r1_penalty
 from synthct.models.saved import load_generator
 from synthct.models.shared import discriminator_objective
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_with(**options):

@@ -15,13 +15,7 @@ from unpaired_inversion import adversarial_step, inversion_errors
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tiny convolutions run fastest on one thread (several threads on shared cores spin)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> ModelConfig:

@@ -82,14 +82,6 @@ def trained(name: str, mr: torch.Tensor, ct: torch.Tensor):
     return model.eval()
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_reggan_undoes_a_known_misalignment_that_blurs_pix2pix(one_thread):
     train_mr, train_ct = (torch.cat(parts) for parts in zip(phantom_slices(0), phantom_slices(1)))
