@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_reference.py"
 _spec = importlib.util.spec_from_file_location("bench_reference", SCRIPT)
