@@ -42,6 +42,29 @@ def test_detects_synthrad_layout_with_masks(tmp_path):
     assert [p.name for p in sources.mr] == ["mr.nii.gz", "mr.nii.gz"]
 
 
+def test_detects_the_pairs_layout_and_pairs_by_name(tmp_path):
+    for name in ("b.nii.gz", "a.nii.gz"):
+        write_image(vol(), tmp_path / "mr" / name)
+        write_image(vol(value=-1000.0), tmp_path / "ct" / name)
+    assert detect_layout(tmp_path) == "pairs"
+    sources = collect_sources(DataConfig(root=str(tmp_path)))
+    assert sources.paired and sources.layout == "pairs" and sources.cases == ["a.nii.gz", "b.nii.gz"]
+    assert [(m.parent.name, m.name, c.parent.name, c.name) for m, c in zip(sources.mr, sources.ct)] == [
+        ("mr", "a.nii.gz", "ct", "a.nii.gz"), ("mr", "b.nii.gz", "ct", "b.nii.gz")]
+    write_image(vol(), tmp_path / "ct" / "c.nii.gz")
+    with pytest.raises(SynthctError, match="unmatched: c.nii.gz"):
+        collect_sources(DataConfig(root=str(tmp_path)))
+
+
+def test_an_unpaired_layout_is_refused_as_data_pairs(tmp_path):
+    from synthct.data.pairs import pair_sources
+
+    for name in ("trainA", "trainB"):
+        write_image(vol(), tmp_path / name / "0.nii.gz")
+    with pytest.raises(SynthctError, match="data.pairs needs paired cases"):
+        pair_sources(tmp_path)
+
+
 def test_unknown_layout_names_the_folder(tmp_path):
     (tmp_path / "random").mkdir()
     with pytest.raises(SynthctError) as err:

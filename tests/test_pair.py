@@ -126,9 +126,11 @@ def test_pair_command_on_slices_never_joins_one_subject_and_writes_what_training
         assert float(row["body_dice"]) > 0.8 and float(row["mutual_information"]) > 0
     sources = pair_sources(out)  # what `synthct train --pairs` reads: the same names, the same grids
     assert [p.name for p in sources.mr] == [p.name for p in sources.ct] == [row["name"] for row in rows]
-    # and what a paired model reads with --mr PAIRS/mr --ct PAIRS/ct --set data.paired=true
-    folders = collect_sources(DataConfig(mr=str(out / "mr"), ct=str(out / "ct"), paired=True))
-    assert [p.name for p in folders.mr] == [p.name for p in folders.ct] == [row["name"] for row in rows]
+    # and what a paired model reads with --data PAIRS, or --mr PAIRS/mr --ct PAIRS/ct --set data.paired=true
+    for cfg in (DataConfig(root=str(out)), DataConfig(mr=str(out / "mr"), ct=str(out / "ct"), paired=True)):
+        folders = collect_sources(cfg)
+        assert folders.paired and [p.name for p in folders.mr] == [p.name for p in folders.ct] == [
+            row["name"] for row in rows]
     for name in sources.cases:
         source, written = read_image(tmp_path / "mr" / name), read_image(out / "mr" / name)
         assert np.array_equal(source.array, written.array)

@@ -24,7 +24,8 @@ def option(default, help: str, **kwargs):
 class DataConfig:
     mr: str | None = option(None, "folder (or file) of MR images/volumes")
     ct: str | None = option(None, "folder (or file) of CT images/volumes")
-    root: str | None = option(None, "data root: CycleGAN (trainA/trainB) or SynthRAD (<case>/mr, ct, mask) layout")
+    root: str | None = option(None, "data root: CycleGAN (trainA/trainB), pairs (mr/, ct/ paired by name) or SynthRAD "
+                                           "(<case>/mr, ct, mask) layout")
     size: int = option(256, "training slices are resized/cropped/padded to size x size pixels")
     slices: int = option(1, "2.5D: k neighbouring slices as input channels (odd)")
     axis: int = option(0, "slicing axis of the (z, y, x) array; 0 = axial for axial acquisitions")

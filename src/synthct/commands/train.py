@@ -28,7 +28,8 @@ def add_arguments(parser) -> None:
     data.add_argument("--mr", metavar="DIR", help="folder (or file) of MR images/volumes")
     data.add_argument("--ct", metavar="DIR", help="folder (or file) of CT images/volumes")
     data.add_argument("--data", metavar="ROOT",
-                      help="data root: CycleGAN layout (trainA/, trainB/) or SynthRAD (<case>/mr, ct, mask)")
+                      help="data root: CycleGAN layout (trainA/, trainB/), pairs (mr/, ct/ paired by name) or SynthRAD "
+                           "(<case>/mr, ct, mask)")
     data.add_argument("--pairs", metavar="DIR",
                       help="semi-supervised CycleGAN: paired cases beside the unpaired data (SynthRAD layout, "
                            "or mr/ + ct/ folders whose files pair by name); as few as one patient")

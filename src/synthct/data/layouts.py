@@ -4,6 +4,7 @@
 - CycleGAN root: ``trainA/`` (MR) and ``trainB/`` (CT), optionally ``testA/`` and ``testB/``.
 - SynthRAD root: ``ROOT/<case>/mr.*``, ``ct.*`` and optionally ``mask.*`` (.nii.gz, .nii or .mha);
   cases are paired and co-registered. ``ROOT/<split>/<case>/...`` is used when it exists.
+- Pairs root: ``ROOT/mr/`` and ``ROOT/ct/`` whose files pair by name (what ``synthct pair`` writes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Sources:
     ct: list[Path]
     masks: list[Path | None] = field(default_factory=list)  # aligned with ``ct``
     cases: list[str] = field(default_factory=list)
-    layout: str = "folders"  # folders | cyclegan | synthrad
+    layout: str = "folders"  # folders | cyclegan | synthrad | pairs
     paired: bool = False
 
 
@@ -42,17 +43,20 @@ def _synthrad_cases(root: Path) -> list[Path]:
 
 
 def detect_layout(root: str | Path) -> str:
-    """"cyclegan" (trainA/ + trainB/) or "synthrad" (<case>/{mr,ct}.*); SynthctError otherwise."""
+    """"cyclegan" (trainA/ + trainB/), "pairs" (mr/ + ct/) or "synthrad" (<case>/{mr,ct}.*);
+    SynthctError otherwise."""
     root = Path(root)
     if not root.is_dir():
         raise SynthctError("no such folder", root)
     if (root / "trainA").is_dir() and (root / "trainB").is_dir():
         return "cyclegan"
+    if (root / "mr").is_dir() and (root / "ct").is_dir():
+        return "pairs"
     if _synthrad_cases(root) or any(_synthrad_cases(root / s) for s in ("train", "test", "val")
                                     if (root / s).is_dir()):
         return "synthrad"
-    raise SynthctError("neither a CycleGAN layout (trainA/, trainB/) nor a SynthRAD layout "
-                       "(<case>/mr.nii.gz, <case>/ct.nii.gz)", root)
+    raise SynthctError("neither a CycleGAN layout (trainA/, trainB/), a pairs layout (mr/, ct/) nor a "
+                       "SynthRAD layout (<case>/mr.nii.gz, <case>/ct.nii.gz)", root)
 
 
 def _images(folder: Path) -> list[Path]:
@@ -64,6 +68,18 @@ def _images(folder: Path) -> list[Path]:
     if not found:
         raise SynthctError("no images found in folder", folder)
     return found
+
+
+def _named_pairs(root: Path) -> Sources:
+    """mr/ and ct/ files that pair by name."""
+    mr = {p.name: p for p in _images(root / "mr")}
+    ct = {p.name: p for p in _images(root / "ct")}
+    if set(mr) != set(ct):
+        unmatched = sorted(set(mr) ^ set(ct))
+        raise SynthctError(f"mr/ and ct/ must hold files of the same names; unmatched: {', '.join(unmatched[:5])}",
+                           root)
+    names = sorted(mr)
+    return Sources([mr[n] for n in names], [ct[n] for n in names], [None] * len(names), names, "pairs", True)
 
 
 def _header_geometry(path: Path):
@@ -119,6 +135,8 @@ def collect_sources(cfg, split: str = "train") -> Sources:
         if layout == "cyclegan":
             mr, ct = _images(root / f"{split}A"), _images(root / f"{split}B")
             sources = Sources(mr, ct, [None] * len(ct), [p.name for p in ct], layout, bool(cfg.paired))
+        elif layout == "pairs":
+            sources = _named_pairs(root)
         else:
             base = root / split if (root / split).is_dir() and _synthrad_cases(root / split) else root
             cases = _synthrad_cases(base)

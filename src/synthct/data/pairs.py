@@ -15,30 +15,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from synthct.data.layouts import Sources, check_pairs, collect_sources
+from synthct.data.layouts import Sources, collect_sources
 from synthct.errors import SynthctError
 
 
 def pair_sources(folder: str | Path) -> Sources:
     """The paired cases of ``folder``: mr/ + ct/ pairing by file name, or a SynthRAD layout."""
+    from synthct.config import DataConfig
+
     folder = Path(folder)
     if not folder.is_dir():
         raise SynthctError("no such folder (data.pairs)", folder)
-    if not ((folder / "mr").is_dir() and (folder / "ct").is_dir()):
-        from synthct.config import DataConfig
-
-        return collect_sources(DataConfig(root=str(folder)), split="train")
-    from synthct.io.image import list_images
-
-    mr = {p.name: p for p in list_images(folder / "mr")}
-    ct = {p.name: p for p in list_images(folder / "ct")}
-    if not mr or set(mr) != set(ct):
-        unmatched = sorted(set(mr) ^ set(ct)) or ["(no images)"]
-        raise SynthctError(f"mr/ and ct/ must hold files of the same names; unmatched: {', '.join(unmatched[:5])}",
-                           folder)
-    names = sorted(mr)
-    sources = Sources([mr[n] for n in names], [ct[n] for n in names], [None] * len(names), names, "folders", True)
-    check_pairs(sources.mr, sources.ct)
+    sources = collect_sources(DataConfig(root=str(folder)), split="train")
+    if not sources.paired:
+        raise SynthctError("data.pairs needs paired cases: mr/ + ct/ folders or a SynthRAD layout", folder)
     return sources
 
 
