@@ -43,30 +43,38 @@ def cmd_baselines(args) -> None:
     print(f"written to {out}")
 
 
+def _registration_result(args, name: str, make) -> dict:
+    """``make(work, workers, seed, overwrite)``'s result, written once to WORK/results/<name>.json."""
+    out = args.work / "results" / f"{name}.json"
+    refuse_existing(out, args.overwrite)
+    result = make(args.work, args.workers, args.seed, args.overwrite)
+    write_json(out, result, args.overwrite)
+    return result
+
+
+def _seconds_line(result: dict, name: str, work: Path) -> str:
+    seconds = result["seconds"]
+    return (f"{seconds['wall']:.0f} s wall, {seconds['cpu']:.0f} s CPU ({seconds['workers']} workers); written to "
+            f"{work / 'results' / f'{name}.json'}")
+
+
 def cmd_atlas(args) -> None:
     from experiments.aanlib.atlas import NAME, atlas
 
-    out = args.work / "results" / f"{NAME}.json"
-    refuse_existing(out, args.overwrite)
-    result = atlas(args.work, args.workers, args.seed, args.overwrite)
-    write_json(out, result, args.overwrite)
+    result = _registration_result(args, NAME, atlas)
     print(summary(result))
-    seconds = result["seconds"]
-    print(f"{seconds['wall']:.0f} s wall, {seconds['cpu']:.0f} s CPU ({seconds['workers']} workers); written to {out}")
+    print(_seconds_line(result, NAME, args.work))
 
 
 def cmd_pseudo_pairs(args) -> None:
     from experiments.aanlib.atlas import PSEUDO_PAIRS, pseudo_pairs
 
-    out = args.work / "results" / f"{PSEUDO_PAIRS}.json"
-    refuse_existing(out, args.overwrite)
-    result = pseudo_pairs(args.work, args.workers, args.seed, args.overwrite)
-    write_json(out, result, args.overwrite)
-    own, seconds = result["to_own_ct"], result["seconds"]
+    result = _registration_result(args, PSEUDO_PAIRS, pseudo_pairs)
+    own = result["to_own_ct"]
     print(f"{result['n_pairs']} pseudo-pairs in {result['pairs']} (training patients "
           f"{', '.join(result['train_cases'])}, none fused from its own patient); fused CT against the MR's own CT: "
           f"head MAE {own['head_mae']:.2f}, head SSIM {own['head_ssim']:.3f}")
-    print(f"{seconds['wall']:.0f} s wall, {seconds['cpu']:.0f} s CPU ({seconds['workers']} workers); written to {out}")
+    print(_seconds_line(result, PSEUDO_PAIRS, args.work))
 
 
 def cmd_train(args) -> int:

@@ -32,21 +32,31 @@ NAME = "multi_atlas"
 PSEUDO_PAIRS = "pseudo_pairs"
 
 
-def atlas_inputs(work: Path) -> tuple[Path, Path, dict[str, str]]:
-    """(MR folder, CT folder, file name -> patient) of the prepared fold, after checking that the CT
-    folder holds the fold's training CTs and nothing else (no scored patient's CT)."""
-    work = Path(work)
+def _fold_slices(work: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(training, scored) slices of the prepared fold, file name -> patient; no patient on both sides."""
     manifest = read_manifest(work)
-    mr_folder, ct_folder = work / "scored_mr", work / "train_pairs" / "ct"
     train = {f"{e['id']}.png": e["case"] for e in manifest["train"]}
     scored = {f"{e['id']}.png": e["case"] for e in manifest["scored"]}
     if leaked := sorted(set(train.values()) & set(scored.values())):
         raise SynthctError(f"patient {', '.join(leaked)} is both trained on and scored", work / "prepare.json")
-    found = {p.name for p in ct_folder.glob("*.png")}
-    if found != set(train):
-        stray = sorted(found - set(train)) or sorted(set(train) - found)
-        raise SynthctError(f"the CT folder does not hold exactly the fold's training CTs ({stray[0]}); run prepare "
-                           "--overwrite", ct_folder)
+    return train, scored
+
+
+def _check_holds_exactly(folder: Path, names: set[str], what: str) -> None:
+    found = {p.name for p in folder.glob("*.png")}
+    if found != names:
+        stray = sorted(found - names) or sorted(names - found)
+        raise SynthctError(f"the folder does not hold exactly the fold's {what} ({stray[0]}); run prepare "
+                           "--overwrite", folder)
+
+
+def atlas_inputs(work: Path) -> tuple[Path, Path, dict[str, str]]:
+    """(MR folder, CT folder, file name -> patient) of the prepared fold, after checking that the CT
+    folder holds the fold's training CTs and nothing else (no scored patient's CT)."""
+    work = Path(work)
+    train, scored = _fold_slices(work)
+    mr_folder, ct_folder = work / "scored_mr", work / "train_pairs" / "ct"
+    _check_holds_exactly(ct_folder, set(train), "training CTs")
     return mr_folder, ct_folder, train | scored
 
 
@@ -110,19 +120,12 @@ def pseudo_pair_inputs(work: Path) -> tuple[Path, Path, dict[str, str]]:
     CTs (true pairs share a file name, so one row names an MR's and its CT's patient), after checking
     that both folders hold the fold's training slices and nothing else."""
     work = Path(work)
-    manifest = read_manifest(work)
-    train = {f"{e['id']}.png": e["case"] for e in manifest["train"]}
-    if leaked := sorted(set(train.values()) & {e["case"] for e in manifest["scored"]}):
-        raise SynthctError(f"patient {', '.join(leaked)} is both trained on and scored", work / "prepare.json")
+    train, _ = _fold_slices(work)
     if len(set(train.values())) < 2:
         raise SynthctError("pseudo-pairs need at least two training patients (an MR never meets its own CT)", work)
     folders = work / "train_pairs" / "mr", work / "train_pairs" / "ct"
     for folder in folders:
-        found = {p.name for p in folder.glob("*.png")}
-        if found != set(train):
-            stray = sorted(found - set(train)) or sorted(set(train) - found)
-            raise SynthctError(f"the folder does not hold exactly the fold's training slices ({stray[0]}); run "
-                               "prepare --overwrite", folder)
+        _check_holds_exactly(folder, set(train), "training slices")
     return *folders, train
 
 

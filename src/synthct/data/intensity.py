@@ -134,6 +134,11 @@ def mapping_from_dict(d: dict) -> Mapping:
     raise SynthctError(f"unknown intensity mapping kind '{kind}' (expected ct_window, mr_percentile or eight_bit)")
 
 
+def is_eight_bit(vol) -> bool:
+    """A picture (PNG/JPEG) or a uint8 volume: grey levels 0..255, not HU or scanner units."""
+    return vol.format in ("png", "jpeg") or vol.source_dtype == "uint8"
+
+
 def mapping_for(modality: str, cfg, eight_bit: bool) -> Mapping:
     """The configured mapping of ``modality`` ("mr" or "ct") for a :class:`DataConfig`.
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from synthct.data.intensity import CTWindow, EightBit, MRPercentile, mapping_for
+from synthct.data.intensity import CTWindow, EightBit, MRPercentile, is_eight_bit, mapping_for
 from synthct.data.mask import body_mask
 from synthct.errors import SynthctError
 from synthct.io.image import read_image
@@ -71,10 +71,6 @@ def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     if dh == 0 and dw == 0:
         return x
     return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), value=-1.0)
-
-
-def _is_eight_bit(vol) -> bool:
-    return vol.format in ("png", "jpeg") or vol.source_dtype == "uint8"
 
 
 class _SliceStore:
@@ -217,7 +213,7 @@ class SliceDataset(Dataset):
     def _load(self, path, modality: str, mask_path=None, given_mask=None):
         """Read, check the intensity mode, normalise. Returns (volume in [-1, 1], body mask, body fraction per slice)."""
         vol = read_image(path)
-        eight_bit_file = _is_eight_bit(vol)
+        eight_bit_file = is_eight_bit(vol)
         if self.intensity_mode is None:  # auto: the first CT decides, the others must agree
             self.intensity_mode = "8bit" if eight_bit_file else "hu"
         if self.cfg.intensity == "auto" and eight_bit_file != (self.intensity_mode == "8bit"):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from synthct.data.intensity import is_eight_bit
 from synthct.data.mask import body_mask
 from synthct.errors import SynthctError
 from synthct.io.image import read_image
@@ -62,13 +63,9 @@ class Synthesis:
     registered: int  # candidates registered (any that failed to register are left out)
 
 
-def intensity_kind(vol: Volume) -> str:
-    return "8bit" if vol.format in ("png", "jpeg") or vol.source_dtype == "uint8" else "hu"
-
-
 def image_of(vol: Volume, modality: str) -> Image:
     """``vol`` (``modality`` "mr" or "ct") with its body mask and intensity kind."""
-    kind = intensity_kind(vol)
+    kind = "8bit" if is_eight_bit(vol) else "hu"
     mask = body_mask(vol.array, "8bit" if kind == "8bit" else modality)
     if not mask.any():
         raise SynthctError(f"no body found in this {modality.upper()} (every voxel is background)", vol.path)
