@@ -5,7 +5,7 @@ import math
 from experiments import demo_probes
 
 
-def test_a_probe_trains_scores_and_leaves_the_shipped_layers_unchanged(tmp_path):
+def test_a_probe_trains_scores_and_leaves_the_shipped_layers_unchanged(tmp_path, one_thread):
     from synthct.data.phantom import write_phantoms
     from synthct.models.generators import ResnetGenerator
     from synthct.models.layers import InstanceNorm
