@@ -359,10 +359,9 @@ def test_scorings_that_finish_at_once_each_keep_their_row(tmp_path):
     assert found == sorted((f"run_{w}", i) for w in range(writers) for i in range(rows))
 
 
-def _seed_run(work: Path, name: str, plain_ssim: float, head_mae: float, verdicts: list[str] | None,
-              d_losses: tuple[float, float] | None = None, logged_steps: int = 100) -> None:
-    """A scored run; with ``d_losses`` a log.csv whose D_ct and D_mr columns hold the first value
-    up to step 50 and the second after (blank D_mr on odd steps, as a model without it)."""
+def _seed_run(work: Path, name: str, plain_ssim: float, head_mae: float, checks: list[list[str]] | None) -> None:
+    """A scored run; ``checks``: the failures of each health check, one every 250 steps (none:
+    healthy), or None for a run without a health record."""
     plain = {"inference": {"tta": "none", "mask": "none"},
              "means": {"head_mae": head_mae + 2, "head_ssim": plain_ssim}}
     (work / "results").mkdir(parents=True, exist_ok=True)
@@ -370,33 +369,38 @@ def _seed_run(work: Path, name: str, plain_ssim: float, head_mae: float, verdict
     scored = {"inference": {"tta": "flip", "mask": "auto"}, "means": {"head_mae": head_mae, "head_ssim": 0.0}}
     (work / "results" / f"{name}_tta-flip_mask-auto.json").write_text(json.dumps(scored))
     (work / "runs" / name).mkdir(parents=True)
-    if verdicts is not None:
-        checks = [{"step": 500 * (i + 1), "verdict": v, "failures": []} for i, v in enumerate(verdicts)]
-        (work / "runs" / name / "health.json").write_text(json.dumps({"checks": checks}))
-    if d_losses is not None:
-        rows = ["step,G_gan,D_ct,D_mr"] + [
-            f"{step},9,{d_losses[step > 50]},{d_losses[step > 50] if step % 2 == 0 else ''}"
-            for step in range(1, logged_steps + 1)]
-        (work / "runs" / name / "log.csv").write_text("\n".join(rows) + "\n")
+    if checks is not None:
+        record = [{"step": 250 * (i + 1), "verdict": "failed" if failures else "healthy", "failures": failures}
+                  for i, failures in enumerate(checks)]
+        (work / "runs" / name / "health.json").write_text(json.dumps({"checks": record}))
 
 
-def test_seeds_counts_outcomes_and_judges_each_last_health_verdict(tmp_path, capsys):
+def test_seeds_counts_outcomes_and_judges_each_last_health_verdict_and_restart_verdict(tmp_path, capsys):
+    from synthct.engine.restarts import DEFAULT_CHECK_STEPS
+
+    assert DEFAULT_CHECK_STEPS == 500  # the fixture's second check
     work = tmp_path / "fold"
-    _seed_run(work, "a_seed0", 0.25, 55.0, ["failed", "healthy"], (0.9, 0.25))  # reached, passed: agrees
-    _seed_run(work, "a_seed1", 0.13, 75.0, ["healthy", "healthy"], (0.0, 0.1))  # not reached, passed: a miss
-    _seed_run(work, "a_seed2", 0.21, 60.0, ["healthy", "failed"], (0.2, 0.2), logged_steps=99)  # reached, condemned
-    _seed_run(work, "b_seed0", 0.08, 90.0, None, (0.1, 0.3))  # no health check: not judged
-    assert main(["seeds", "--work", str(work), "--recipe", "a=a_seed0,a_seed1,a_seed2", "--recipe", "b=b_seed0",
-                 "--tta", "flip", "--mask", "auto"]) == 0
+    at_chance = "discriminators_at_chance"
+    # reached; last verdict healthy, the restart check at 500 warns only: both agree
+    _seed_run(work, "a_seed0", 0.25, 55.0, [["mr_order"], [at_chance], []])
+    # not reached; healthy at the end (a miss), the MR's order at 500 (the restart check agrees)
+    _seed_run(work, "a_seed1", 0.13, 75.0, [[], ["mr_order", "dark"], []])
+    # reached; failed at the end (a false alarm), a hidden code at 500 (a false alarm too)
+    _seed_run(work, "a_seed2", 0.21, 60.0, [[], ["hidden_code"], ["dark"]])
+    # not reached, no check at 500: the restart check does not judge it (its last verdict does)
+    _seed_run(work, "a_seed3", 0.10, 80.0, [["mr_order"]])
+    _seed_run(work, "b_seed0", 0.08, 90.0, None)  # no health check: not judged
+    assert main(["seeds", "--work", str(work), "--recipe", "a=a_seed0,a_seed1,a_seed2,a_seed3",
+                 "--recipe", "b=b_seed0", "--tta", "flip", "--mask", "auto"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "| a | 3 | 60.0 (55.0-75.0) | 2 of 3 |" in lines and "| b | 1 | 90.0 | 0 of 1 |" in lines
-    # The early discriminator loss: steps 51-100 only, blank columns skipped; none for a log short of step 100.
-    assert "| a_seed0 | 0.250 | CT contrast | healthy | agrees | 0.250 (at chance) |" in lines
-    assert "| a_seed1 | 0.130 | not reached | healthy | miss | 0.100 |" in lines
-    assert "| a_seed2 | 0.210 | CT contrast | failed | false alarm | - |" in lines
-    assert "| b_seed0 | 0.080 | not reached | - | - | 0.300 (at chance) |" in lines
-    assert lines[-1] == ("| 3 judged | | 1 not reached | | 1 agree, 1 missed, 1 false alarms | "
-                         "2 of 3 at chance, 1 of them reached |")
+    assert "| a | 4 | 67.5 (55.0-80.0) | 2 of 4 |" in lines and "| b | 1 | 90.0 | 0 of 1 |" in lines
+    assert "| a_seed0 | 0.250 | CT contrast | healthy | agrees | kept | agrees |" in lines
+    assert "| a_seed1 | 0.130 | not reached | healthy | miss | set aside (mr_order) | agrees |" in lines
+    assert "| a_seed2 | 0.210 | CT contrast | failed | false alarm | set aside (hidden_code) | false alarm |" in lines
+    assert "| a_seed3 | 0.100 | not reached | failed | agrees | - | - |" in lines
+    assert "| b_seed0 | 0.080 | not reached | - | - | - | - |" in lines
+    assert lines[-1] == ("| 4 judged | | 2 not reached | | 2 agree, 1 missed, 1 false alarms | 3 judged | "
+                         "2 agree, 0 missed, 1 false alarms |")
     # The outcome is read from plain scorings only, and every run must have been scored.
     assert main(["seeds", "--work", str(work), "--recipe", "a=a_seed0_tta-flip_mask-auto"]) == 2
     assert main(["seeds", "--work", str(work), "--recipe", "a=a_seed9"]) == 2
@@ -540,17 +544,15 @@ def test_train_evaluate_curve_end_to_end(work, validation, tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_train_with_restarts_goes_through_the_package(work, tmp_path):
-    # A threshold no LSGAN loss reaches keeps the first start, judged after 2 of its 4 steps; the
-    # preset's R1 penalty keeps its discriminators near chance, so they are judged only without it.
-    for r1_gamma, window in ((0, "2-2"), (10, None)):
-        run = tmp_path / f"run_r1_{r1_gamma}"
-        assert main(["train", "--work", str(work), "--run", str(run), "--steps", "4", "--restarts", "2",
-                     "--restart-check-steps", "2", "--restart-threshold", "1e9", *TINY,
-                     "--set", f"model.r1_gamma={r1_gamma}"]) == 0
-        starts = json.loads((run / "restarts.json").read_text(encoding="utf-8"))["starts"]
-        assert [(s["seed"], s.get("window")) for s in starts] == [(0, window)]
-        assert starts[0]["verdict"].startswith("kept")
-    assert json.loads((run / "generator_mr2ct.json").read_text(encoding="utf-8"))["step"] == 4
+    # The first start is judged after 2 of its 4 steps; whatever the check finds, the kept start
+    # trains what the starts set aside left.
+    run = tmp_path / "run"
+    assert main(["train", "--work", str(work), "--run", str(run), "--steps", "4", "--restarts", "2",
+                 "--restart-check-steps", "2", *TINY]) == 0
+    verdicts = json.loads((run / "restarts.json").read_text(encoding="utf-8"))
+    set_aside = [s for s in verdicts["starts"] if s["verdict"].startswith("set aside")]
+    assert verdicts["check_steps"] == 2 and verdicts["starts"][-1]["verdict"].startswith("kept")
+    assert json.loads((run / "generator_mr2ct.json").read_text(encoding="utf-8"))["step"] == 4 - 2 * len(set_aside)
     assert main(["train", "--work", str(work), "--run", str(tmp_path / "r2"), "--minutes", "1", "--restarts", "1",
                  *TINY]) == 2
 

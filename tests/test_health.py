@@ -178,7 +178,7 @@ def test_a_one_sided_model_has_no_cycle_to_judge():
 
 
 def test_the_discriminator_signal_is_the_later_half_of_the_steps_at_most_the_last_window():
-    assert discriminator_window(100) == range(51, 101)  # what --restarts judges a start on
+    assert discriminator_window(100) == range(51, 101)  # the second half, at most the last 50
     assert discriminator_window(7) == range(5, 8) and discriminator_window(1) == range(1, 2)
     assert discriminator_window(3000) == range(2951, 3001)
     logged = [(step, float(step)) for step in range(1, 3001) if step != 2990]  # one step unlogged

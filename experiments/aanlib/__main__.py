@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthct.engine.restarts import DEFAULT_CHECK_STEPS, DEFAULT_THRESHOLD
+from synthct.engine.restarts import DEFAULT_CHECK_STEPS
 from synthct.errors import SynthctError
 from synthct.io.atomic import atomic_write_text
 
@@ -80,7 +80,7 @@ def cmd_pseudo_pairs(args) -> None:
 def cmd_train(args) -> int:
     from experiments.aanlib.train import train_run
 
-    restarts = (args.restarts, args.restart_check_steps, args.restart_threshold) if args.restarts else None
+    restarts = (args.restarts, args.restart_check_steps) if args.restarts else None
     patients = args.paired_patients.split(",") if args.paired_patients else None
     overrides = args.overrides + ([f"train.seed={args.seed}"] if args.seed is not None else [])
     return train_run(args.work, args.model, args.run or args.work / "runs" / run_name(args), overrides,
@@ -217,11 +217,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="optimisation steps (needed with --restarts)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set model.ngf=16 (repeatable)")
-    p.add_argument("--restarts", type=int, default=0, metavar="N", help="as synthct train --restarts (default 0)")
+    p.add_argument("--restarts", type=int, default=0, metavar="N",
+                   help="as synthct train --restarts (default 0: an experiment's starts are all kept, to be judged)")
     p.add_argument("--restart-check-steps", type=int, default=DEFAULT_CHECK_STEPS, metavar="STEPS",
                    help=f"as synthct train (default {DEFAULT_CHECK_STEPS})")
-    p.add_argument("--restart-threshold", type=float, default=DEFAULT_THRESHOLD, metavar="LOSS",
-                   help=f"as synthct train (default {DEFAULT_THRESHOLD:g})")
 
 
 def _add_scoring_options(p: argparse.ArgumentParser, what: str) -> None:

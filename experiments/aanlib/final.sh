@@ -2,7 +2,8 @@
 # The final stage fixed in docs/RESULTS.md ("The unpaired recipe: rules fixed before its runs"): the
 # recipe the confirmation chose (the aanlib_cyclegan preset, with R1 since the confirmation; RECIPE
 # adds --set options to it), trained on all six training patients at 256 x 256, 3,000 steps,
-# seeds 0-4; each finished run's test-split score goes once into the committed ledger (plainly and
+# seeds 0-4, with synthct train's default restarts; each finished run's test-split score goes once
+# into the committed ledger (plainly and
 # with translate's defaults). Runs go through queue.sh (named final_seed<N>), so the stage may be
 # stopped and started again at any time. Ends with the recipe's median and range over the seeds,
 # read from the ledger: a run scored already is neither trained nor scored again, even in a fresh
@@ -17,11 +18,12 @@ SEEDS=${SEEDS:-0 1 2 3 4}
 WORK=${WORK:-runs/aanlib/test}
 export LEDGER=${LEDGER:-experiments/aanlib/ledger.csv}
 source experiments/aanlib/lanes.sh
+RESTARTS=$($PY -c "from synthct.engine.restarts import DEFAULT_RESTARTS; print(DEFAULT_RESTARTS)") || exit 2
 
 jobs=()
 for seed in $SEEDS; do jobs+=("$seed|final|$RECIPE"); done
 final_run() {  # seed, name, the recipe's options
-    FOLD=test NAME=$2 DEFAULTS=1 EXTRA="--set train.device=$DEVICE $3" bash experiments/aanlib/queue.sh "cyclegan:$1"
+    FOLD=test NAME=$2 DEFAULTS=1 EXTRA="--restarts $RESTARTS --set train.device=$DEVICE $3" bash experiments/aanlib/queue.sh "cyclegan:$1"
 }
 run_lanes final final_run
 

@@ -5,9 +5,9 @@ The outcome rule is docs/RESULTS.md's, fixed before the runs it judges: a run *r
 contrast* when its plain head SSIM is at least 0.21 (the nine test-split hours that ended in the
 CT's tissue order scored 0.21-0.27, the others 0.06-0.20). The health check condemns a run
 ("failed") or passes it ("healthy"); a passed run that did not reach the CT's contrast is a
-*miss*, a condemned run that did is a *false alarm*. Beside it, each run's mean logged
-discriminator loss over the second half of the first ``DEFAULT_CHECK_STEPS`` steps: the early
-signal on which ``synthct train --restarts`` sets a start aside (at or above its threshold).
+*miss*, a condemned run that did is a *false alarm*. Beside it, the restart verdict: whether the
+health check at step ``DEFAULT_CHECK_STEPS`` found a failure that makes ``synthct train``'s
+restarts set a start aside (``CONDEMNING``), with its own misses and false alarms.
 
 The promotion rule is docs/RESULTS.md's too: a lever screened against the preset on the same seeds
 is promoted when its median head MAE is at least ``PROMOTION_MARGIN`` grey levels below the
@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments.aanlib import ledger
-from synthct.engine.logging import read_log
-from synthct.engine.restarts import DEFAULT_CHECK_STEPS, DEFAULT_THRESHOLD
-from synthct.eval.health import discriminator_loss, discriminator_window, read_health
+from synthct.engine.restarts import CONDEMNING, DEFAULT_CHECK_STEPS
+from synthct.eval.health import read_health
 from synthct.errors import SynthctError
 
 CT_CONTRAST_SSIM = 0.21
@@ -40,16 +39,23 @@ class SeedRun:
     head_ssim: float
     reached: bool
     verdict: str | None  # the health check's last verdict, None when the run has none
-    early_discriminators: float | None = None  # what --restarts judges; None without a log reaching it
+    condemned: list[str] | None = None  # the restart verdict's failures; None without a check at its step
 
     @property
     def agreement(self) -> str:
-        if self.verdict is None:
-            return "-"
-        healthy = self.verdict == "healthy"
-        if healthy == self.reached:
-            return "agrees"
-        return "miss" if healthy else "false alarm"
+        return _agreement(None if self.verdict is None else self.verdict != "healthy", self.reached)
+
+    @property
+    def restart_agreement(self) -> str:
+        return _agreement(None if self.condemned is None else bool(self.condemned), self.reached)
+
+
+def _agreement(condemned: bool | None, reached: bool) -> str:
+    if condemned is None:
+        return "-"
+    if condemned != reached:
+        return "agrees"
+    return "false alarm" if condemned else "miss"
 
 
 def read_seed_run(plain_result: Path, scored_result: Path, run_dir: Path) -> SeedRun:
@@ -78,18 +84,17 @@ def ledger_seed_run(book: Path, run_dir: Path, tta: str, mask: str) -> SeedRun:
 
 def _seed_run(run_dir: Path, head_mae: float, plain_head_ssim: float) -> SeedRun:
     health = read_health(run_dir)
-    verdict = health["checks"][-1]["verdict"] if health and health.get("checks") else None
+    checks = health.get("checks", []) if health else []
+    verdict = checks[-1]["verdict"] if checks else None
     return SeedRun(run_dir.name, head_mae, plain_head_ssim, plain_head_ssim >= CT_CONTRAST_SSIM, verdict,
-                   early_discriminator_loss(run_dir / "log.csv"))
+                   restart_failures(checks))
 
 
-def early_discriminator_loss(log: Path, check_steps: int = DEFAULT_CHECK_STEPS) -> float | None:
-    """The discriminator loss --restarts judges a start on: the health check's at step check_steps,
-    from log.csv; None when the log does not cover its window."""
-    steps = discriminator_window(check_steps)
-    logged = {int(row["step"]): discriminator_loss(row) for row in read_log(log)}
-    judged = [logged[step] for step in steps if logged.get(step) is not None]
-    return sum(judged) / len(judged) if len(judged) == len(steps) else None
+def restart_failures(checks: list[dict], check_steps: int = DEFAULT_CHECK_STEPS) -> list[str] | None:
+    """The failures for which restarts would set the start aside, from the health check at step
+    ``check_steps``; None when the run had no check at that step."""
+    at_step = [check for check in checks if check["step"] == check_steps]
+    return [name for name in at_step[0]["failures"] if name in CONDEMNING] if at_step else None
 
 
 def recipe_row(label: str, runs: list[SeedRun]) -> str:
@@ -99,31 +104,31 @@ def recipe_row(label: str, runs: list[SeedRun]) -> str:
     return f"| {label} | {len(runs)} | {spread} | {sum(r.reached for r in runs)} of {len(runs)} |"
 
 
-EARLY = discriminator_window(DEFAULT_CHECK_STEPS)
-HEALTH_HEADER = ["| run | plain head SSIM | outcome | last health verdict | | discriminator loss, steps "
-                 f"{EARLY[0]}-{EARLY[-1]} |", "|---|---|---|---|---|---|"]
+HEALTH_HEADER = ["| run | plain head SSIM | outcome | last health verdict | | restart verdict at step "
+                 f"{DEFAULT_CHECK_STEPS} | |", "|---|---|---|---|---|---|---|"]
 
 
 def health_rows(runs: list[SeedRun]) -> list[str]:
-    """One row per run: plain head SSIM, outcome, last verdict, agreement, the early discriminator
-    loss; then the counts."""
+    """One row per run: plain head SSIM, outcome, last verdict and the restart verdict, each against
+    the outcome; then the counts."""
     rows = [f"| {r.name} | {r.head_ssim:.3f} | {'CT contrast' if r.reached else 'not reached'} | "
-            f"{r.verdict or '-'} | {r.agreement} | {_early(r)} |" for r in runs]
-    judged = [r for r in runs if r.verdict is not None]
-    counts = {kind: sum(r.agreement == kind for r in judged) for kind in ("agrees", "miss", "false alarm")}
-    early = [r for r in runs if r.early_discriminators is not None]
-    at_chance = [r for r in early if r.early_discriminators >= DEFAULT_THRESHOLD]
-    rows.append(f"| {len(judged)} judged | | {sum(not r.reached for r in judged)} not reached | | "
-                f"{counts['agrees']} agree, {counts['miss']} missed, {counts['false alarm']} false alarms | "
-                f"{len(at_chance)} of {len(early)} at chance, {sum(r.reached for r in at_chance)} of them reached |")
+            f"{r.verdict or '-'} | {r.agreement} | {_restart_verdict(r)} | {r.restart_agreement} |" for r in runs]
+    rows.append(f"| {sum(r.verdict is not None for r in runs)} judged | | "
+                f"{sum(not r.reached for r in runs if r.verdict is not None)} not reached | | "
+                f"{_counts(r.agreement for r in runs)} | {sum(r.condemned is not None for r in runs)} judged | "
+                f"{_counts(r.restart_agreement for r in runs)} |")
     return rows
 
 
-def _early(run: SeedRun) -> str:
-    if run.early_discriminators is None:
+def _restart_verdict(run: SeedRun) -> str:
+    if run.condemned is None:
         return "-"
-    at_chance = " (at chance)" if run.early_discriminators >= DEFAULT_THRESHOLD else ""
-    return f"{run.early_discriminators:.3f}{at_chance}"
+    return f"set aside ({', '.join(run.condemned)})" if run.condemned else "kept"
+
+
+def _counts(agreements) -> str:
+    found = list(agreements)
+    return f"{found.count('agrees')} agree, {found.count('miss')} missed, {found.count('false alarm')} false alarms"
 
 
 @dataclass(frozen=True)

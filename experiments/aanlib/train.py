@@ -99,10 +99,10 @@ def training_config(work: Path, model: str, overrides: list[str], paired_patient
 
 
 def train_run(work: Path, model: str, run_dir: Path, overrides: list[str], minutes: float | None = None,
-              steps: int | None = None, restarts: tuple[int, int, float] | None = None,
+              steps: int | None = None, restarts: tuple[int, int] | None = None,
               overwrite: bool = False, paired_patients: list[str] | None = None, pseudo_pairs: bool = False) -> int:
     """Train ``model`` into ``run_dir`` for ``steps`` and/or ``minutes``; ``restarts`` = (N, check
-    steps, threshold) as ``synthct train --restarts``. Returns the exit code."""
+    steps) as ``synthct train --restarts``. Returns the exit code."""
     from synthct.engine.restarts import train_with_restarts
     from synthct.engine.trainer import train
 

@@ -64,22 +64,19 @@ def add_arguments(parser) -> None:
     flags.add_argument("--seed", type=int)
     flags.add_argument("--minutes", type=float, help="wall-clock budget; stops cleanly with a checkpoint")
     flags.add_argument("--compile", action="store_true", default=None, help="torch.compile the networks")
-    from synthct.engine.restarts import DEFAULT_CHECK_STEPS, DEFAULT_THRESHOLD
+    from synthct.engine.restarts import DEFAULT_CHECK_STEPS, DEFAULT_RESTARTS
 
     restarts = parser.add_argument_group(
         "restarts", "judge each start with the training health check (RUN_DIR/health.json) and start the "
-                    "next seed when it condemns the start")
-    restarts.add_argument("--restarts", type=int, default=0, metavar="N",
+                    "next seed when it condemns the start; on by default for an unpaired CycleGAN with --steps")
+    restarts.add_argument("--restarts", type=int, metavar="N",
                           help="set aside up to N starts that the health check condemns at the check step (the MR's "
-                               "contrast order, a hidden code, or a mean LSGAN discriminator loss "
-                               "over the second half of the check at or above the threshold; chance is 0.25), each in "
-                               "RUN_DIR/restarts/seed_<n>/, and start seed + 1; their steps count toward --steps, "
-                               "the last start is always kept, the verdicts go to RUN_DIR/restarts.json (default 0)")
+                               "contrast order or a hidden code), each in RUN_DIR/restarts/seed_<n>/, and start "
+                               "seed + 1; their steps count toward --steps, the last start is always kept, the "
+                               "verdicts go to RUN_DIR/restarts.json (default: "
+                               f"{DEFAULT_RESTARTS} for an unpaired CycleGAN with a step budget, else none; 0: off)")
     restarts.add_argument("--restart-check-steps", type=int, default=DEFAULT_CHECK_STEPS, metavar="STEPS",
                           help=f"steps a start trains before it is judged (default {DEFAULT_CHECK_STEPS})")
-    restarts.add_argument("--restart-threshold", type=float, default=DEFAULT_THRESHOLD, metavar="LOSS",
-                          help=f"discriminator loss below which a start's discriminators are learning "
-                               f"(default {DEFAULT_THRESHOLD:g})")
 
 
 def build_config(args):
@@ -120,7 +117,7 @@ def _check_inputs(args) -> None:
         raise SynthctError("--resume continues a run in its own folder; leave out --out or give the same folder")
     if not (args.out or args.resume):
         raise SynthctError("say where the run goes: --out RUN_DIR (or --resume RUN_DIR)")
-    if args.resume and args.restarts:
+    if args.resume and args.restarts is not None:
         raise SynthctError("--restarts starts a run; --resume continues the kept start without it")
     if args.resume and args.overwrite:
         raise SynthctError("--resume and --overwrite contradict each other")
@@ -186,11 +183,15 @@ def run(args) -> int:
     from synthct.engine.trainer import train
 
     run_dir = Path(args.resume or args.out)
-    if args.restarts:
+    restarts, why_not = args.restarts, None
+    if restarts is None and not args.resume:
+        from synthct.engine.restarts import default_restarts
+
+        restarts, why_not = default_restarts(cfg, args.restart_check_steps)
+    if restarts:
         from synthct.engine.restarts import train_with_restarts
 
-        result = train_with_restarts(cfg, run_dir, args.restarts, args.restart_check_steps, args.restart_threshold,
-                                     overwrite=args.overwrite)
+        result = train_with_restarts(cfg, run_dir, restarts, args.restart_check_steps, overwrite=args.overwrite)
     else:
-        result = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+        result = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, note=why_not)
     return result.exit_code

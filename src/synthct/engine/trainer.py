@@ -428,14 +428,15 @@ def _fit(run: Run, callbacks: list[Callback]) -> None:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume``); see module docstring."""
+          quiet: bool = False, note: str | None = None) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume``); see module docstring.
+    ``note``: a line for the user, said once the run has started (after its description)."""
     run_dir = Path(run_dir)
     env = ddp.detect_env()
     device = resolve_device(cfg.train.device, env.local_rank)
     ddp.init(env, device)
     try:
-        result = _train(cfg, run_dir, resume, overwrite, quiet, env, device)
+        result = _train(cfg, run_dir, resume, overwrite, quiet, env, device, note)
     except BaseException:
         ddp.shutdown(env)  # no barrier: a failed rank must not wait for the others
         raise
@@ -443,7 +444,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, overwrite: 
     return result
 
 
-def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
+def _train(cfg, run_dir, resume, overwrite, quiet, env, device, note) -> TrainResult:
     check_config(cfg)
     if env.is_main:
         prepare_run_dir(run_dir, resume, overwrite)
@@ -459,6 +460,8 @@ def _train(cfg, run_dir, resume, overwrite, quiet, env, device) -> TrainResult:
     if env.is_main:
         write_config(cfg, run_dir)
     log.say(_describe(cfg, trainer, len(dataset), steps_per_epoch, by_time, resume))
+    if note:
+        log.say(note)
     budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
     run = Run(cfg, run_dir, env, trainer, dataset, log, steps_per_epoch, total_steps, by_time, resume,
               Clock(cfg.train.clock, elapsed_before, budget_s, spans_resumes=by_time))

@@ -76,11 +76,12 @@ from synthct.errors import SynthctError
 #   vanilla: logit 0 (probability 0.5), 0.5 * (ln 2 + ln 2) = ln 2;
 #   hinge:   any D in [-1, 1], 0.5 * (relu(1 - D) + relu(1 + D)) = 1.
 CHANCE = {"lsgan": 0.25, "vanilla": math.log(2.0), "hinge": 1.0}
-# 0.8 of chance is the LSGAN threshold 0.20 that `synthct train --restarts` judged on (placed on
-# test-split outcomes, docs/RESULTS.md): of the real-scan hours without restarts, 5 of the 6 below
-# it over steps 51-100 ended at head SSIM 0.20 or more, none of the 7 at 0.22-0.27 did.
+# 0.8 of chance is the LSGAN threshold 0.20 placed on the real-scan hours' outcomes over steps
+# 51-100 (docs/RESULTS.md): 5 of the 6 below it ended at head SSIM 0.20 or more, none of the 7 at
+# 0.22-0.27 did. It warns; it does not condemn a start under restarts (the brain preset's runs that
+# reached the CT's contrast were at chance at their first checks too).
 CHANCE_FRACTION = 0.8
-# The discriminator signal's steps: at most the last 50 (the second half of --restarts' 100).
+# The discriminator signal's steps: at most the last 50.
 DISCRIMINATOR_WINDOW = 50
 MR_ORDER_RHO = 0.1
 CODE_NOISE_SIGMA = 0.1

@@ -292,7 +292,7 @@ def _training_section(run_dir: Path, loss_path: Path) -> str:
     for sample in latest_samples(run_dir):
         parts.append(f"<h3>Samples: {html.escape(sample.name)}</h3>" + _img(sample.read_bytes(), sample.name))
     return (f'<section id="training"><h2>Training run</h2><p>{html.escape(str(run_dir))}</p>{_health_html(run_dir)}'
-            f'{"".join(parts)}</section>')
+            f'{_restarts_html(run_dir)}{"".join(parts)}</section>')
 
 
 def _health_html(run_dir: Path) -> str:
@@ -314,6 +314,25 @@ def _health_html(run_dir: Path) -> str:
     return (f'<div id="health"><h3>Health check</h3><p class="{css}">{html.escape(lines[-1])}</p>'
             + (f"<details><summary>earlier checks</summary><ul>{history}</ul></details>" if history else "")
             + "</div>")
+
+
+def _restarts_html(run_dir: Path) -> str:
+    """What the restarts did (RUN_DIR/restarts.json): each start's seed and verdict."""
+    from synthct.engine.restarts import VERDICTS
+
+    path = run_dir / VERDICTS
+    if not path.is_file():
+        return ""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        rows = "".join(f"<tr><td>{int(s['seed'])}</td><td>{html.escape(s['verdict'])}</td></tr>"
+                       for s in record["starts"])
+        check_steps = int(record["check_steps"])
+    except (KeyError, TypeError, ValueError):
+        raise SynthctError("not a restarts record written by synthct train", path) from None
+    set_aside = sum(s["verdict"].startswith("set aside") for s in record["starts"])
+    return (f'<div id="restarts"><h3>Restarts</h3><p>{set_aside} start(s) set aside by the health check at step '
+            f'{check_steps}.</p><table><tr><th>seed</th><th>verdict</th></tr>{rows}</table></div>')
 
 
 def _viewer_data_json(mode: str, presets, payload: list[dict]) -> str:
