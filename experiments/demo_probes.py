@@ -14,8 +14,13 @@ cortical bone (>= 1000 HU), which is where the generator falls short.
 Probes: base; window=LO,HI (the CT window mapped to [-1, 1]); no_norm (the instance norms removed,
 activations kept); full_res_skip (the stem's features added to the decoder's before the output
 head: a full-resolution path past the 4x downsampling); mse (squared error instead of L1);
-lr=VALUE.
+lr=VALUE. Generator changes that ``experiments.demo_floor --probe`` also takes: stem_concat (the
+stem's features concatenated to the decoder's before the head), stem_concat_refine (the same, then
+a full-resolution 3 x 3 convolution, norm and ReLU), input_concat (the raw input concatenated before
+the head), pointwise_branch (a norm-free branch of two 1 x 1 convolutions, 32 channels, from the
+input, concatenated before the head), stem_no_norm (the stem without its instance norm).
 """
+
 
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ import torch
 from torch.nn import functional as F
 
 CORTICAL_HU = 1000.0
+GENERATOR_PROBES = ("full_res_skip", "stem_concat", "stem_concat_refine", "input_concat", "pointwise_branch",
+                    "stem_no_norm")
 
 
 @contextlib.contextmanager
@@ -36,8 +43,11 @@ def _probe_patches(probe: str):
     """Monkeypatches of the shipped layers for the probes that change the network."""
     import synthct.models.generators as generators
     import synthct.models.layers as layers
+    from torch import nn
 
-    saved = layers.InstanceNorm.forward, generators.ResnetGenerator.forward
+    G = generators.ResnetGenerator
+    saved = layers.InstanceNorm.forward, G.__init__, G.forward
+    shipped_init = G.__init__
     if probe == "no_norm":
         def without_norm(self, x):
             return x if self.negative_slope is None else layers._leaky_relu_(x.clone(), self.negative_slope)
@@ -46,11 +56,35 @@ def _probe_patches(probe: str):
         def with_skip(self, x):
             stem = self.stem(x)
             return self.head(self.up(self.blocks(self.down(stem))) + stem)
-        generators.ResnetGenerator.forward = with_skip
+        G.forward = with_skip
+    elif probe in GENERATOR_PROBES:
+        def changed_init(self, in_channels, out_channels, ngf=64, n_blocks=9):
+            shipped_init(self, in_channels, out_channels, ngf, n_blocks)
+            if probe == "stem_no_norm":
+                self.stem = layers.ConvNormAct(in_channels, ngf, 7, padding=3, reflect=True, norm=False)
+                return
+            extra = {"stem_concat": ngf, "stem_concat_refine": ngf, "input_concat": in_channels,
+                     "pointwise_branch": 32}[probe]
+            if probe == "stem_concat_refine":
+                self.refine = layers.ConvNormAct(2 * ngf, ngf, 3, padding=1, reflect=True)
+            else:
+                self.head = layers.OutputHead(ngf + extra, out_channels)
+            if probe == "pointwise_branch":
+                self.pointwise = nn.Sequential(nn.Conv2d(in_channels, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 1), nn.ReLU())
+
+        def changed_forward(self, x):
+            stem = self.stem(x)
+            decoded = self.up(self.blocks(self.down(stem)))
+            if probe == "stem_no_norm":
+                return self.head(decoded)
+            beside = x if probe == "input_concat" else self.pointwise(x) if probe == "pointwise_branch" else stem
+            joined = torch.cat([decoded, beside], dim=1)
+            return self.head(self.refine(joined) if probe == "stem_concat_refine" else joined)
+        G.__init__, G.forward = changed_init, changed_forward
     try:
         yield
     finally:
-        layers.InstanceNorm.forward, generators.ResnetGenerator.forward = saved
+        layers.InstanceNorm.forward, G.__init__, G.forward = saved
 
 
 def run_probe(pairs: str, probe: str, steps: int, seed: int = 0) -> dict:
@@ -103,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.demo_probes", description=__doc__.split("\n\n")[0])
     parser.add_argument("pairs", help="the demo's true training pairs (demo_floor's OUT/pairs)")
     parser.add_argument("--probe", action="append", default=[], help="base | window=LO,HI | no_norm | "
-                        "full_res_skip | mse | lr=VALUE (repeatable)")
+                        f"mse | lr=VALUE | {' | '.join(GENERATOR_PROBES)} (repeatable)")
     parser.add_argument("--steps", type=int, nargs="*", default=[400])
     args = parser.parse_args(argv)
-    known = ("base", "window", "no_norm", "full_res_skip", "mse", "lr")
+    known = ("base", "window", "no_norm", "mse", "lr") + GENERATOR_PROBES
     unknown = [p for p in args.probe if p.partition("=")[0] not in known]
     if unknown or not args.probe:
         print(f"experiments.demo_probes: error: probes must be among {', '.join(known)}; got {unknown or 'none'}",

@@ -30,6 +30,16 @@ def test_the_floors_order_and_refuse_to_overwrite(tmp_path, capsys):
     # of MR grey levels cannot tell every tissue apart and does worse.
     assert anatomy["bone_dice"] > 0.95 and anatomy["mae"] < 40
     assert anatomy["mae"] < lookup["mae"] < 200
+    # The lookup's error split by tissue: the parts add up to its MAE over all held-out body voxels.
+    from synthct.io.image import read_image
+
+    test = out / "test"
+    errors = [np.abs(read_image(out / "sct_lookup" / c.name / "sct.nii.gz").array - read_image(c / "ct.nii.gz").array)[
+        read_image(c / "mask.nii.gz").array > 0] for c in sorted(test.iterdir())]
+    tissues = lookup["tissues"]
+    assert abs(sum(t["share"] for t in tissues.values()) - 1) < 1e-9
+    assert np.isclose(sum(t["part_of_mae"] for t in tissues.values()), np.concatenate(errors).mean(), rtol=1e-5)
+    assert {"cortical_bone", "white_matter"} <= set(tissues)
     assert demo_floor.main(["--steps", "--out", str(out)]) == 2
     assert "not empty; pass --overwrite" in capsys.readouterr().err
 
@@ -49,6 +59,20 @@ def test_set_options_reach_the_l1_trained_generator(tmp_path):
     assert sorted(p.name for p in (out / "sct_l1_2_train").iterdir()) == [
         f"phantom_{i:03d}" for i in range(DemoSettings.train_cases)]
     assert load_run_config(out / "run_l1_2" / "config.yaml").model.generator == "unet"
+
+
+def test_a_generator_probe_trains_the_changed_generator(tmp_path, capsys):
+    from synthct.models.generators import ResnetGenerator
+
+    shipped = ResnetGenerator.__init__
+    out = tmp_path / "floor"
+    assert demo_floor.main(["--steps", "2", "--precision", "fp32", "--threads", "1", "--out", str(out),
+                            "--probe", "input_concat", "--by-tissue"]) == 0
+    trained = json.loads((out / "rows.json").read_text())[-2]
+    assert trained["options"] == ["probe input_concat"] and "cortical_bone" in trained["tissues"]
+    assert "by tissue" in capsys.readouterr().out
+    assert ResnetGenerator.__init__ is shipped
+    assert demo_floor.main(["--steps", "2", "--out", str(tmp_path / "other"), "--probe", "dropout"]) == 2
 
 
 def test_an_unknown_option_is_a_one_line_error(tmp_path, capsys):
