@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -82,7 +81,7 @@ def run_seed(out: Path, s, model: str, workers: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     from synthct.demo import DemoSettings
 
-    from experiments.demo_recipe import table
+    from experiments.demo_recipe import finish
 
     parser = argparse.ArgumentParser(prog="python -m experiments.demo_pseudo_pairs",
                                      description=__doc__.split("\n\n")[0])
@@ -104,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except SynthctError as exc:
         print(f"experiments.demo_pseudo_pairs: error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rows.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(table(rows))
-    return 0
+    return finish(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def finish(out: Path, rows: list[dict]) -> int:
+    """Keep the rows in OUT/rows.json and print their table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rows.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(table(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.demo_recipe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", action="append", required=True, metavar="LABEL=OPTIONS")
@@ -96,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except SynthctError as exc:
         print(f"experiments.demo_recipe: error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rows.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(table(rows))
-    return 0
+    return finish(args.out, rows)
 
 
 if __name__ == "__main__":
