@@ -21,7 +21,6 @@ the head), pointwise_branch (a norm-free branch of two 1 x 1 convolutions, 32 ch
 input, concatenated before the head), stem_no_norm (the stem without its instance norm).
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -63,12 +62,11 @@ def _probe_patches(probe: str):
             if probe == "stem_no_norm":
                 self.stem = layers.ConvNormAct(in_channels, ngf, 7, padding=3, reflect=True, norm=False)
                 return
-            extra = {"stem_concat": ngf, "stem_concat_refine": ngf, "input_concat": in_channels,
-                     "pointwise_branch": 32}[probe]
             if probe == "stem_concat_refine":
                 self.refine = layers.ConvNormAct(2 * ngf, ngf, 3, padding=1, reflect=True)
-            else:
-                self.head = layers.OutputHead(ngf + extra, out_channels)
+                return
+            beside = {"stem_concat": ngf, "input_concat": in_channels, "pointwise_branch": 32}[probe]
+            self.head = layers.OutputHead(ngf + beside, out_channels)
             if probe == "pointwise_branch":
                 self.pointwise = nn.Sequential(nn.Conv2d(in_channels, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 1), nn.ReLU())
 

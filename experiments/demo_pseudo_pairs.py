@@ -46,7 +46,6 @@ def run_seed(out: Path, s, model: str, workers: int) -> list[dict]:
     from synthct.demo import _config, _prepare_data, _translate_cases
     from synthct.engine.trainer import train
 
-    seed, steps, precision = s.seed, s.steps, s.precision
     train_mr, train_ct, test = _prepare_data(out, s)
     started = time.perf_counter()
     _pair(train_mr, train_ct, out / "pairs", workers)
@@ -60,9 +59,10 @@ def run_seed(out: Path, s, model: str, workers: int) -> list[dict]:
     _pair(test_mr, train_ct, out / "atlas", workers)
     atlas = out / "sct_atlas"
     for fused in sorted((out / "atlas" / "ct").iterdir()):
-        (atlas / fused.name.removesuffix(".nii.gz")).mkdir(parents=True, exist_ok=True)
-        (atlas / fused.name.removesuffix(".nii.gz") / "sct.nii.gz").symlink_to(fused.resolve())
-    rows = [{"variant": "multi-atlas CT (synthct pair), no network", "seed": seed, "steps": 0,
+        case = atlas / fused.name.removesuffix(".nii.gz")
+        case.mkdir(parents=True)
+        (case / "sct.nii.gz").symlink_to(fused.resolve())
+    rows = [{"variant": "multi-atlas CT (synthct pair), no network", "seed": s.seed, "steps": 0,
              **_scores(atlas, test), "pair_minutes": pair_minutes, "train_minutes": 0.0}]
 
     paired = [f"data.root={out / 'pairs'}", "data.mr=null", "data.ct=null", "data.paired=true", f"model.name={model}"]
@@ -72,8 +72,8 @@ def run_seed(out: Path, s, model: str, workers: int) -> list[dict]:
     started = time.perf_counter()
     result = train(cfg, out / "run")
     train_minutes = (time.perf_counter() - started) / 60
-    _translate_cases(result.generators["mr2ct"], test, out / "sct", precision, lambda *_: None)
-    rows.append({"variant": f"{model} on pseudo-pairs, {steps} steps", "seed": seed, "steps": result.steps,
+    _translate_cases(result.generators["mr2ct"], test, out / "sct", s.precision, lambda *_: None)
+    rows.append({"variant": f"{model} on pseudo-pairs, {s.steps} steps", "seed": s.seed, "steps": result.steps,
                  **_scores(out / "sct", test), "pair_minutes": pair_minutes, "train_minutes": train_minutes})
     return rows
 
